@@ -139,6 +139,19 @@ def parse_bus_url(url: str) -> BusSpec:
     )
 
 
+def _probe_tcp(spec: BusSpec) -> None:
+    # python-can's socketcand client retries a refused connection in a tight loop for 10 s,
+    # logging each attempt; a quick probe lets the caller's own backoff take over instead.
+    import socket
+
+    assert spec.host is not None and spec.port is not None
+    try:
+        with socket.create_connection((spec.host, spec.port), timeout=2.0):
+            pass
+    except OSError as e:
+        raise BusError(f"cannot open bus {spec.url}: {e.strerror or e}") from e
+
+
 def open_bus(spec: BusSpec, can_filters: Sequence[Mapping[str, int | bool]] | None = None) -> Any:
     """Open the python-can bus a :class:`BusSpec` names; wrap any failure in :class:`BusError`.
 
@@ -156,6 +169,7 @@ def open_bus(spec: BusSpec, can_filters: Sequence[Mapping[str, int | bool]] | No
     if spec.interface == "socketcand":
         kwargs["host"] = spec.host
         kwargs["port"] = spec.port
+        _probe_tcp(spec)
     if spec.interface == "virtual":
         # The virtual bus would otherwise deliver our own sends back to us.
         kwargs.setdefault("receive_own_messages", False)

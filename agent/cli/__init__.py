@@ -1,8 +1,8 @@
 """The ``tbox`` command line (contract C1).
 
 One module per subcommand, each with ``register(subparsers)`` that adds its parser and sets
-``handler`` to a function ``(argparse.Namespace) -> int``. Exit status: 0 on success, 2 on bad usage,
-1 on a failure explained in one line on stderr; a traceback only with ``--debug``.
+``handler`` to a function ``(argparse.Namespace) -> int``. Exit status: 0 on success, 2 on bad
+usage, 1 on a failure explained in one line on stderr; a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _explained_errors() -> tuple[type[Exception], ...]:
+    """Every package's base error: each carries a one-line message a user can act on."""
+    from can_dbc.errors import DbcError
+    from sim.errors import SimError
+
+    return (TboxError, DbcError, SimError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tbox`` with *argv* (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
@@ -59,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except TboxError as e:
+    except _explained_errors() as e:
         if args.debug:
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
