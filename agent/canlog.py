@@ -18,9 +18,11 @@ The format comes from the suffix for python-can's binary and structured formats;
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
+import logging
 import math
 import re
 import shutil
@@ -60,11 +62,14 @@ _SCREEN_LINE_RE: Final = re.compile(
 _SCREEN_TS_RE: Final = re.compile(r"\s*\((\d+)\.\d+\)")
 # The common candump -L line: a data frame with 0..8 bytes; anything else takes the full parser.
 _LOG_FAST_RE: Final = re.compile(
-    r"\((\d+\.\d*)\) (\S+) ([0-9A-Fa-f]{3}|[0-9A-Fa-f]{8})#((?:[0-9A-Fa-f]{2}){0,8})\s*$"
+    r"\((\d+\.\d*)\) (\S+) ([0-9A-Fa-f]{3}|[0-9A-Fa-f]{8})#([0-9A-Fa-f]{0,16})\s*$"
 )
 
 # python-can readers by suffix (the structured and binary formats; ``.log`` is ours).
 _PYTHON_CAN_SUFFIXES: Final = (".asc", ".blf", ".trc", ".csv", ".mf4", ".db")
+_PYTHON_CAN_LOGGERS: Final = tuple(
+    f"can.io.{m}" for m in ("asc", "blf", "trc", "csv", "mf4", "sqlite", "canutils")
+)
 _BINARY_MAGIC: Final = ((b"LOGG", ".blf"), (b"MDF     ", ".mf4"), (b"SQLite format 3\x00", ".db"))
 
 
@@ -91,7 +96,7 @@ class LogReadStats:
             self.first_errors.append(f"{where}: {reason}")
 
     def summary(self, name: str) -> str:
-        """One line for stderr, e.g. ``"x.log: 100 frames, 2 malformed lines skipped (x.log:3: …)"``."""
+        """One line for stderr: ``"x.log: 100 frames, 2 malformed lines skipped (first: …)"``."""
         text = f"{name}: {self.frames} frames"
         if self.malformed:
             text += f", {self.malformed} malformed lines skipped"
@@ -127,10 +132,15 @@ def read_log(path: str | Path, stats: LogReadStats | None = None) -> Iterator[ca
     suffix = suffixes[-1] if suffixes else ""
     if suffix == ".gz":
         inner = suffixes[-2] if len(suffixes) >= 2 else ""
+        if inner == ".db":
+            raise InputError(f"cannot read {name}: decompress SQLite logs first")
         if inner in _PYTHON_CAN_SUFFIXES:
-            yield from _read_python_can(name, stats, inner, lambda: can.LogReader(p))
+            mode = "rt" if inner in (".asc", ".trc", ".csv") else "rb"
+            opened = _open_gzip(p, name, mode)
+            yield from _read_python_can(name, stats, inner, _reader_factory(inner, opened))
         else:
-            yield from _read_text(name, stats, lambda: gzip.open(p, "rt", errors="replace"))
+            opener = lambda: _open_gzip(p, name, "rt")  # noqa: E731
+            yield from _read_text(name, stats, opener, compressed=True)
         return
     if suffix in _PYTHON_CAN_SUFFIXES:
         yield from _read_python_can(name, stats, suffix, _reader_factory(suffix, p))
@@ -149,6 +159,15 @@ def _open_text(p: Path, name: str) -> IO[str]:
     try:
         # errors="replace": a stray byte makes one malformed line, not an unreadable file.
         return p.open(encoding="utf-8", errors="replace", newline=None)
+    except OSError as e:
+        raise InputError(f"cannot read log file {name}: {e.strerror or e}") from e
+
+
+def _open_gzip(p: Path, name: str, mode: str) -> Any:
+    try:
+        if mode == "rt":
+            return gzip.open(p, "rt", encoding="utf-8", errors="replace")
+        return gzip.open(p, "rb")
     except OSError as e:
         raise InputError(f"cannot read log file {name}: {e.strerror or e}") from e
 
@@ -182,7 +201,7 @@ def _sniff_text_format(lines: list[str]) -> str:
     return "candump-screen" if screen_hits > log_hits else "candump-log"
 
 
-def _reader_factory(suffix: str, source: Path | IO[Any]) -> Callable[[], Any]:
+def _reader_factory(suffix: str, source: Any) -> Callable[[], Any]:
     """A constructor of python-can's reader for *suffix* reading *source*."""
     if suffix == ".asc":
         # Absolute times, so that frames keep their wall-clock times as the other formats do.
@@ -214,13 +233,18 @@ def _read_stdin(stats: LogReadStats) -> Iterator[can.Message]:
         return
     text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
     try:
-        yield from _read_text("<stdin>", stats, lambda: text)
+        yield from _read_text("<stdin>", stats, lambda: text, close=False)
     finally:
         text.detach()  # leave sys.stdin usable and unclosed
 
 
 def _read_text(
-    name: str, stats: LogReadStats, opener: Callable[[], IO[str]]
+    name: str,
+    stats: LogReadStats,
+    opener: Callable[[], IO[str]],
+    *,
+    close: bool = True,
+    compressed: bool = False,
 ) -> Iterator[can.Message]:
     """Sniff a text log and read it with the matching parser."""
     f = opener()
@@ -234,11 +258,13 @@ def _read_text(
                     nonblank.append(line)
                     if len(nonblank) >= _SNIFF_LINES:
                         break
-        except OSError as e:
+        except (OSError, EOFError) as e:
             raise InputError(f"cannot read log file {name}: {e}") from e
         fmt = _sniff_text_format(nonblank)
         stats.format = fmt
-        lines: Iterable[str] = itertools.chain(head, f)
+        # A gzip stream can end or break midway; a plain file practically cannot.
+        rest: Iterable[str] = _guarded(f, name) if compressed else f
+        lines: Iterable[str] = itertools.chain(head, rest)
         if fmt == "candump-log":
             yield from _parse_candump_log(lines, name, stats)
         elif fmt == "candump-screen":
@@ -248,10 +274,36 @@ def _read_text(
             buffer = io.StringIO("".join(lines))
             yield from _read_python_can(name, stats, "." + fmt, _reader_factory("." + fmt, buffer))
     finally:
-        f.close()
+        if close:
+            f.close()
+
+
+def _guarded(lines: Iterable[str], name: str) -> Iterator[str]:
+    """*lines*, with a decompression failure midway turned into an InputError."""
+    try:
+        yield from lines
+    except (OSError, EOFError) as e:
+        raise InputError(f"cannot read log file {name}: {e}") from e
 
 
 # --- python-can's readers --------------------------------------------------------------------
+
+
+class _Complaints(logging.Filter):
+    """Turns python-can readers' warnings into malformed-line counts (and keeps them quiet)."""
+
+    def __init__(self, name: str, stats: LogReadStats, counter: _LineCounter | None) -> None:
+        super().__init__()
+        self.file = name
+        self.stats = stats
+        self.counter = counter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        where = f"{self.file}:{self.counter.line}" if self.counter is not None else self.file
+        self.stats.add_malformed(where, record.getMessage())
+        return False
 
 
 class _LineCounter:
@@ -297,7 +349,13 @@ def _read_python_can(
         # Count lines for the error position; the reader iterates ``self.file`` line by line.
         counter = _LineCounter(file)
         reader.file = counter
+    one_based = suffix == ".trc"
     iterator = iter(reader)
+    # python-can's readers log a warning and skip some bad lines (TRC): count those instead of
+    # letting them flood stderr.
+    complaints = _Complaints(name, stats, counter)
+    for logger_name in _PYTHON_CAN_LOGGERS:
+        logging.getLogger(logger_name).addFilter(complaints)
     try:
         while True:
             try:
@@ -312,7 +370,8 @@ def _read_python_can(
                 ) from e
             channel = msg.channel
             if isinstance(channel, int):
-                msg.channel = f"can{channel}"
+                # TRC numbers buses from 1 (PCAN); python-can's other readers from 0.
+                msg.channel = f"can{channel - 1 if one_based and channel > 0 else channel}"
             elif channel is None:
                 msg.channel = "can0"
             elif not isinstance(channel, str):
@@ -322,10 +381,11 @@ def _read_python_can(
             stats.frames += 1
             yield msg
     finally:
-        try:
+        for logger_name in _PYTHON_CAN_LOGGERS:
+            logging.getLogger(logger_name).removeFilter(complaints)
+        # Closing a half-read file must not mask the real error.
+        with contextlib.suppress(Exception):
             reader.stop()
-        except Exception:  # closing a half-read file must not mask the real error
-            pass
 
 
 # --- candump -L ------------------------------------------------------------------------------
@@ -346,7 +406,7 @@ def _parse_candump_log(
     for lineno, line in enumerate(lines, 1):
         # Fast path: a plain data frame, already validated by the pattern (≈ 25 % faster).
         match = fast(line)
-        if match is not None:
+        if match is not None and not len(match[4]) & 1:
             ts_text, channel, id_text, hex_data = match.groups()
             can_id = int(id_text, 16)
             if len(id_text) == 3:
@@ -433,8 +493,7 @@ def _parse_log_line(line: str) -> can.Message | None:
         flags = int(rest[1], 16)
         brs = bool(flags & 1)
         esi = bool(flags & 2)
-        rest = rest[2:].replace(".", "")
-        data = bytearray.fromhex(rest)
+        data = _hex_bytes(rest[2:])
         dlc = len(data)
         if dlc not in _FD_LENGTHS:
             raise ValueError(f"{dlc} data bytes is not a CAN FD length")
@@ -447,7 +506,7 @@ def _parse_log_line(line: str) -> can.Message | None:
     else:
         if "_" in rest:  # len8_dlc: "…#1122334455667788_E"; the length stays 8
             rest = rest.partition("_")[0]
-        data = bytearray.fromhex(rest.replace(".", ""))
+        data = _hex_bytes(rest)
         dlc = len(data)
         if dlc > 8:
             raise ValueError(f"{dlc} data bytes in a classic frame (CAN FD needs '##')")
@@ -466,6 +525,14 @@ def _parse_log_line(line: str) -> can.Message | None:
         error_state_indicator=esi,
         check=False,
     )
+
+
+def _hex_bytes(text: str) -> bytearray:
+    """Data bytes from hex digits (``.`` separators allowed, as canplayer accepts them)."""
+    digits = text.replace(".", "")
+    if len(digits) % 2 or not _HEX.issuperset(digits):
+        raise ValueError(f"data {text!r} is not whole bytes of hex digits")
+    return bytearray.fromhex(digits)
 
 
 # --- candump screen output -------------------------------------------------------------------
@@ -502,7 +569,8 @@ class _ScreenParser:
         self.clock = 0.0
 
     def parse(self, lines: Iterable[str], name: str, stats: LogReadStats) -> Iterator[can.Message]:
-        for lineno, line in enumerate(lines, 1):
+        for lineno, text in enumerate(lines, 1):
+            line = text
             if line[:1] == "\t":
                 stats.ignored += 1  # candump -e: explanation of the error frame above
                 continue

@@ -36,6 +36,38 @@ _SOFTWARE_FILTERED = frozenset({"virtual", "socketcand", "slcan", "serial", "udp
 Batch = list[can.Message]
 
 
+class _SplitFrameNoise(logging.Filter):
+    """Drop python-can socketcand's warning for every TCP read that splits a frame.
+
+    At speed it logs thousands of these per second though nothing is wrong (field notes).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Got incomplete message")
+
+
+logging.getLogger("can.interfaces.socketcand.socketcand").addFilter(_SplitFrameNoise())
+
+
+def _peer_closed(bus: Any) -> bool:
+    """True if a TCP-based bus's peer has closed the connection.
+
+    python-can's socketcand client treats end-of-stream as "no frame yet" and would wait forever
+    on a server that died; an idle bus gets this check so it is reopened instead.
+    """
+    import socket
+
+    sock = getattr(bus, "_SocketCanDaemonBus__socket", None)
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 @dataclass(slots=True)
 class BusStats:
     """Counters for one bus, updated by its reader thread and read by anyone."""
@@ -125,7 +157,7 @@ class _BusReader:
             delays = iter(self._backoff.delays())
             try:
                 self._drain(self._bus)
-            except (can.CanError, OSError, ValueError) as e:
+            except (can.CanError, OSError, ValueError, BusError) as e:
                 self._record_error(e, reopening=True)
             except Exception as e:  # a driver raising anything else must not kill intake
                 self._record_error(e, reopening=True)
@@ -142,9 +174,12 @@ class _BusReader:
         max_batch = self._max_batch
         stats = self.stats
         stop = self._stop
+        check_peer = self.spec.interface == "socketcand"
         while not stop.is_set():
             msg = recv(0.1)
             if msg is None:
+                if check_peer and _peer_closed(bus):
+                    raise BusError(f"bus {name}: the other side closed the connection")
                 continue
             batch: Batch = []
             try:

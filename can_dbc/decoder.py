@@ -2,8 +2,12 @@
 
 :class:`Decoder` is built once from loaded cantools ``Database`` objects for the messages and
 signals someone subscribed to. For every message it generates the source of one small Python
-function (``int.from_bytes`` of the payload, then a shift, a mask, a sign fix and the scaling per
-signal) and compiles it once; :meth:`Decoder.decode` is then a dict lookup and one call.
+function and compiles it once; :meth:`Decoder.decode` is then a dict lookup and one call. The
+function gets each raw value the cheapest way measured: a payload byte (``data[3]``, shifted
+and masked if the field is smaller), one bitstruct C call unpacking all remaining fields of a
+byte order into locals when there are enough of them, otherwise a shift and a mask of the payload
+as one int (``int.from_bytes``; 64-bit words for CAN FD payloads, as shifting a 512-bit int is
+slow); then the sign fix and the scaling, written out per signal.
 
 Parity with cantools 45.1 (``Database.decode_message(frame_id, data, decode_choices=...,
 scaling=True)``) is the contract, checked by the tests value for value and type for type:
@@ -26,9 +30,9 @@ scaling=True)``) is the contract, checked by the tests value for value and type 
   rest is ignored (cantools' default ``allow_excess=True``), so CAN FD padding does no harm;
 * signals that overlap one another (or lie past the payload) in one multiplexer branch cannot be
   unpacked by cantools, which raises "unpacking failed" for every frame of such a message. We
-  raise :class:`~can_dbc.errors.DecodeError` as well, naming the signals; ``decode_overlapping=True``
-  instead decodes each signal from its own bits, which is what such DBCs usually mean
-  (alternative views of the same bits, or implicit multiplexing).
+  raise :class:`~can_dbc.errors.DecodeError` as well, naming the signals;
+  ``decode_overlapping=True`` instead decodes each signal from its own bits, which is what such
+  DBCs usually mean (alternative views of the same bits, or implicit multiplexing).
 
 The generated source is built only from identifiers and numbers produced here: names from the DBC
 (message, signal and choice names) reach the function as closure constants, never as source
@@ -38,6 +42,7 @@ text, so a hostile DBC cannot inject code.
 from __future__ import annotations
 
 import builtins
+import importlib
 import logging
 import math
 import struct
@@ -60,6 +65,18 @@ _EXT_MASK = 0x1FFFFFFF
 # (256 entries at most), replacing a dict lookup and a conditional per frame.
 _TABLE_MAX_BITS = 8
 _FLOAT_FORMATS = {16: "e", 32: "f", 64: "d"}
+
+# bitstruct's C extension (a cantools dependency) unpacks many fields in one call, ~3 ns each
+# after a fixed ~110 ns; a shift and a mask in Python cost ~40 ns per field (measured, CPython
+# 3.11). Without the extension (a platform with no wheel) everything is shifts and masks.
+try:
+    _bitstruct_c: Any = importlib.import_module("bitstruct.c")
+except ImportError:  # pragma: no cover - depends on the platform
+    _bitstruct_c = None
+_USE_BITSTRUCT = _bitstruct_c is not None
+# Rough costs (ns) deciding per byte order and branch whether one bitstruct call beats shifts.
+_COST_FROM_BYTES, _COST_SHIFT, _COST_SIGN, _COST_FLOAT = 60, 40, 30, 120
+_COST_UNPACK, _COST_REVERSE, _COST_FIELD = 110, 45, 5
 
 
 class Decoded(NamedTuple):
@@ -105,7 +122,7 @@ def _network_start(signal: Any) -> int:
 def _bit_mask(signal: Any) -> int:
     """The payload bits a signal covers, as bit ``8 * byte + bit`` (bit 0 = least significant)."""
     if signal.byte_order == "little_endian":
-        return ((1 << signal.length) - 1) << signal.start
+        return ((1 << int(signal.length)) - 1) << int(signal.start)
     mask = 0
     for n in range(_network_start(signal), _network_start(signal) + signal.length):
         mask |= 1 << (8 * (n // 8) + 7 - n % 8)
@@ -199,8 +216,11 @@ class _MessageCompiler:
         self.nbits = 8 * self.nbytes
         self.label = f"CAN id 0x{message.frame_id:X} ({message.name})"
         self.consts: list[object] = []
-        self.uses_big = False
-        self.uses_little = False
+        # What the function being generated unpacks from `data` first: variable name(s) ->
+        # the statement computing them (the whole payload as one int, or 8-byte windows).
+        self.sources: dict[str, str] = {}
+        # Raw value expressions decided per branch (bitstruct locals), by id(signal).
+        self.planned: dict[int, str] = {}
         self.may_raise_arith = False  # int() of a float selector/raw value can raise
         self.counter = 0
         self.defs: list[str] = []  # branch functions and dispatch tables, at factory level
@@ -237,22 +257,111 @@ class _MessageCompiler:
 
     # ---- per signal expressions -----------------------------------------------------------
 
+    @staticmethod
+    def whole_byte(s: Any) -> bool:
+        first_bit = s.start if s.byte_order == "little_endian" else _network_start(s)
+        return bool(s.length == 8 and first_bit % 8 == 0)
+
+    def plan_unpack(self, signals: list[Any]) -> None:
+        """Unpack fields with bitstruct where one call is cheaper than shifting each field.
+
+        Formats list the fields in payload order with padding between them: big endian fields
+        by network bit over ``data``, little endian ones over ``data[::-1]`` (cantools' trick).
+        """
+        if not _USE_BITSTRUCT:
+            return
+        fields = [
+            s
+            for s in signals
+            if s.length <= 64
+            and (
+                s.length in _FLOAT_FORMATS if s.is_float else not self.whole_byte(s) or s.is_signed
+            )
+        ]
+        union, total = 0, 0
+        for s in fields:
+            union |= _bit_mask(s)
+            total += s.length
+        if union.bit_count() != total:  # overlapping fields (decode_overlapping=True)
+            return
+        for little in (False, True):
+            group = [s for s in fields if (s.byte_order == "little_endian") == little]
+            shifting = _COST_FROM_BYTES + sum(
+                _COST_FLOAT if s.is_float else _COST_SHIFT + _COST_SIGN * s.is_signed for s in group
+            )
+            if not group or _COST_UNPACK + _COST_REVERSE * little + _COST_FIELD * len(group) >= (
+                shifting
+            ):
+                continue
+            if little:  # position in the reversed payload, most significant bit first
+                placed = [(self.nbits - s.start - s.length, s) for s in group]
+            else:
+                placed = [(_network_start(s), s) for s in group]
+            placed.sort(key=lambda item: item[0])
+            fmt, cursor, names = "", 0, []
+            for position, s in placed:
+                if position > cursor:
+                    fmt += f"p{position - cursor}"
+                fmt += ("f" if s.is_float else "s" if s.is_signed else "u") + str(s.length)
+                cursor = position + s.length
+                names.append(self.fresh("u"))
+                self.planned[id(s)] = names[-1]
+            unpack = _bitstruct_c.compile(fmt).unpack
+            data = "data[::-1]" if little else "data"
+            self.sources[names[0]] = f"({', '.join(names)},) = {self.const(unpack)}({data})"
+
     def raw_int(self, s: Any) -> str:
         """Expression for the signal's raw bits as an unsigned int."""
         length: int = s.length
-        if s.byte_order == "little_endian":
-            self.uses_little = True
-            var, shift = "l", int(s.start)
-        else:
-            self.uses_big = True
-            var, shift = "b", self.nbits - _network_start(s) - length
+        little = s.byte_order == "little_endian"
+        first_bit = int(s.start) if little else _network_start(s)
+        first_byte, end_byte = first_bit // 8, (first_bit + length - 1) // 8 + 1
+        window = self.window(first_byte, end_byte)
+        if end_byte == first_byte + 1:
+            # Within one byte: indexing the payload beats converting all of it to an int.
+            var, low_bit, width = f"data[{first_byte}]", 8 * first_byte, 8
+        elif window is not None:
+            var, low_bit, width = self.use_window(little, window), 8 * window, 64
+        else:  # the whole payload as one int
+            var, low_bit, width = ("l" if little else "b"), 0, self.nbits
+            if var not in self.sources:
+                order = "little" if little else "big"
+                self.sources[var] = f"{var} = {self.const(int.from_bytes)}(data, '{order}')"
+        # Bits counted from the least significant bit of `var`.
+        shift = first_bit - low_bit if little else low_bit + width - first_bit - length
         expr = f"({var} >> {shift})" if shift else var
-        if shift + length < self.nbits:  # bits above the field exist: mask them off
+        if shift + length < width:  # bits above the field exist: mask them off
             expr = f"({expr} & {(1 << length) - 1})"
         return expr
 
+    def window(self, first_byte: int, end_byte: int) -> int | None:
+        """Start of an 8-byte window (at a multiple of 4) holding these bytes, for CAN FD.
+
+        Shifting and masking a 512-bit int costs several times what a 64-bit one does, so
+        payloads longer than 8 bytes are read as 64-bit words at byte offsets 0, 8, 16, … and
+        (for signals straddling those) 4, 12, 20, …; each set takes one struct call.
+        """
+        if self.nbytes <= 8:
+            return None
+        for start in (first_byte - first_byte % 4, first_byte - first_byte % 4 - 4):
+            if start >= 0 and end_byte <= start + 8 <= self.nbytes:
+                return start
+        return None
+
+    def use_window(self, little: bool, start: int) -> str:
+        prefix = "l" if little else "b"
+        offsets = range(start % 8, self.nbytes - 7, 8)
+        names = [f"{prefix}{offset}" for offset in offsets]
+        fmt = ("<" if little else ">") + ("4x" if start % 8 else "") + "Q" * len(names)
+        if names[0] not in self.sources:
+            unpack = struct.Struct(fmt).unpack_from
+            self.sources[names[0]] = f"({', '.join(names)},) = {self.const(unpack)}(data)"
+        return f"{prefix}{start}"
+
     def raw_value(self, s: Any) -> str:
         """Expression for the raw value: signed/unsigned int, or the IEEE float."""
+        if id(s) in self.planned:
+            return self.planned[id(s)]
         length: int = s.length
         if s.is_float:
             fmt = _FLOAT_FORMATS[length]
@@ -282,8 +391,13 @@ class _MessageCompiler:
             expr = raw if scale == 1 else f"{raw} * {self.number(scale)}"
             return f"({expr} + {self.number(offset)})" if offset != 0 else f"({expr})"
         if type(conversion) is self.linear_cls:
-            # Float arithmetic: keep cantools' exact operations (raw * scale + offset).
-            return f"({raw} * {self.number(conversion.scale)} + {self.number(conversion.offset)})"
+            # Float arithmetic: keep cantools' exact operations (raw * scale + offset), except
+            # `+ 0`, a no-op when an int raw value meets a positive scale (no -0.0 to turn
+            # into 0.0).
+            scale, offset = conversion.scale, conversion.offset
+            if not s.is_float and offset == 0 and type(scale) is float and scale > 0:
+                return f"({raw} * {self.number(scale)})"
+            return f"({raw} * {self.number(scale)} + {self.number(offset)})"
         # An unknown conversion class: call it, slower but identical by construction.
         return f"{self.const(conversion.raw_to_scaled)}({raw}, False)"
 
@@ -325,8 +439,7 @@ class _MessageCompiler:
         else:
             key = f"({x} := {raw})"
         return (
-            f"({v} if ({v} := {self.const(names)}.get({key})) is not None "
-            f"else {self.scaled(s, x)})"
+            f"({v} if ({v} := {self.const(names)}.get({key})) is not None else {self.scaled(s, x)})"
         )
 
     def selector_key(self, s: Any, raw: str) -> str:
@@ -356,12 +469,28 @@ class _MessageCompiler:
 
     def node_body(self, node: _Node) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         """Code for one branch: (statements before, (key, value) items, statements after)."""
+        # Branches under a nested multiplexer repeat under every outer value (same signal
+        # objects, different functions), so what was planned belongs to one branch only.
+        outer_planned, self.planned = self.planned, {}
+        try:
+            return self.node_code(node)
+        finally:
+            self.planned = outer_planned
+
+    def node_code(self, node: _Node) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         problem = _layout_problem(node.signals, self.nbits, self.decode_overlapping)
         if problem is not None:
             return [f"{self.const(self.fail('cannot decode: ' + problem))}()"], [], []
         before: list[str] = []
         items: list[tuple[str, str]] = []
         after: list[str] = []
+        self.plan_unpack(
+            [
+                s
+                for s in node.signals
+                if s.name in node.muxes or self.wanted is None or s.name in self.wanted
+            ]
+        )
         for s in node.signals:
             want = self.wanted is None or s.name in self.wanted
             if s.name in node.muxes:
@@ -394,7 +523,7 @@ class _MessageCompiler:
         f = self.fresh("f")
         lines.append(f"{f} = {table}.get({key})")
         lines.append(f"if {f} is None: {error}({key})")
-        lines.append(f"{f}(data, b, l, r)")
+        lines.append(f"{f}(data, r)")
         return lines
 
     def selector_error(self, name: str, expected: str) -> Callable[[object], None]:
@@ -409,13 +538,19 @@ class _MessageCompiler:
 
     def branch_function(self, node: _Node) -> str | None:
         """Define a function decoding one branch into ``r``; None when it would do nothing."""
-        before, items, after = self.node_body(node)
+        outer_sources, self.sources = self.sources, {}
+        try:
+            before, items, after = self.node_body(node)
+            prelude = list(self.sources.values())
+        finally:
+            self.sources = outer_sources
         if not (items or after or before):
             return None
         name = self.fresh("_n")
-        body = [*before, *(f"r[{k}] = {v}" for k, v in items), *after]
+        # Each branch unpacks what its own signals need from `data`.
+        body = [*prelude, *before, *(f"r[{k}] = {v}" for k, v in items), *after]
         # Appended after the branch's own children and tables, which it refers to.
-        self.defs.append(f"def {name}(data, b, l, r):")
+        self.defs.append(f"def {name}(data, r):")
         self.defs.extend(f"    {line}" for line in body)
         return name
 
@@ -425,10 +560,7 @@ class _MessageCompiler:
         before, items, after = self.node_body(root)
         decoded, tnew = self.const(Decoded), self.const(tuple.__new__)
         name, fix = self.const(self.message.name), self.const(self.length_fixer())
-        from_bytes = self.const(int.from_bytes)
-        body = [f"if len(data) != {self.nbytes}: data = {fix}(data)"]
-        body.append(f"b = {from_bytes}(data, 'big')" if self.uses_big else "b = 0")
-        body.append(f"l = {from_bytes}(data, 'little')" if self.uses_little else "l = 0")
+        body = [f"if len(data) != {self.nbytes}: data = {fix}(data)", *self.sources.values()]
         result = "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
         if after:
             main = [*before, f"r = {result}", *after, f"return {tnew}({decoded}, ({name}, r))"]
@@ -475,7 +607,7 @@ class _MessageCompiler:
         raise DecodeError(f"{self.label}: value cannot be converted ({error})") from error
 
 
-def _nop(data: object, b: object, l: object, r: object) -> None:  # noqa: E741
+def _nop(data: object, r: object) -> None:
     """Branch with nothing subscribed."""
 
 
@@ -596,9 +728,7 @@ class Decoder:
                 wanted[frame_id] = frozenset(names)
             missing = requested - found
             if missing:
-                raise DbcError(
-                    "no subscribed message has signal(s) " + ", ".join(sorted(missing))
-                )
+                raise DbcError("no subscribed message has signal(s) " + ", ".join(sorted(missing)))
             # Messages holding none of the requested signals are not subscribed.
             chosen = {i: m for i, m in chosen.items() if wanted[i]}
 

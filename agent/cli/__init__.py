@@ -48,6 +48,18 @@ def _explained_errors() -> tuple[type[Exception], ...]:
     return (TboxError, DbcError, SimError)
 
 
+def _first_explained(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    explained = _explained_errors()
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_explained(exc)
+            if found is not None:
+                return found
+        elif isinstance(exc, explained):
+            return exc
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tbox`` with *argv* (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
@@ -74,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # A task group failed: report the first error a user can act on, like any other.
+        leaf = _first_explained(group)
+        if leaf is None or args.debug:
+            raise
+        print(f"{prog}: error: {leaf}", file=sys.stderr)
+        return 2 if isinstance(leaf, UsageError) else 1
     except BrokenPipeError:
         # `tbox decode … | head` closes stdout early; that is not a failure.
         sys.stderr.close()

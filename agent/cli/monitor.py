@@ -72,7 +72,9 @@ class _Watch:
     def decoder(self, bus: str) -> Any:
         if bus not in self._decoders:
             dbs = self.dbcs.for_bus(bus)
-            self._decoders[bus] = self._decoder_cls.from_databases(dbs) if dbs else None
+            self._decoders[bus] = (
+                self._decoder_cls.from_databases(dbs, decode_choices=True) if dbs else None
+            )
         return self._decoders[bus]
 
     def add(self, frame: Any) -> None:
@@ -193,9 +195,6 @@ async def _simulator(args: argparse.Namespace, watch: _Watch) -> AsyncIterator[B
     generator = TrafficGenerator(
         {_SIM_BUS: databases}, model, seed=args.seed, start_time=time.time()
     )
-    async with SimulationRunner(generator, [BusSink(spec)]) as runner, asyncio.TaskGroup() as tg:
-        task = tg.create_task(runner.run(None), name="monitor-simulator")
-        try:
-            yield spec
-        finally:
-            task.cancel()
+    async with BusSink(spec) as sink, SimulationRunner(generator, [sink]) as runner:
+        runner.start()
+        yield spec
