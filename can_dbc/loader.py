@@ -28,9 +28,12 @@ Repairs (each one a warning; with ``strict=True`` the first one is raised as an 
   signal name** (``CM_ SG_ 145 "…";``): turned into the message comment of that id, unless the
   message already has one, in which case they are dropped.
 * **Tables and types for signals that do not exist** (``VAL_``, ``SIG_VALTYPE_``): dropped.
-* **Attributes cantools cannot take**: ``BA_`` of an attribute no ``BA_DEF_`` defines, enum values
-  out of range, enum labels where an index is expected (converted), numbers given as text
-  (converted), number ranges with one bound: fixed or dropped.
+* **Attributes cantools cannot take**: ``BA_`` of an attribute no ``BA_DEF_`` defines, values
+  that are not numbers where the type needs one, enum values out of range, enum labels where an
+  index is expected (converted), definitions with one bound or defined twice (the earlier one
+  is dropped), the attributes cantools interprets (``GenMsgSendType``, ``GenSigStartValue``,
+  ``SPN``, ``DBName``, ``VFrameFormat``) defined with a type it cannot use, an INT
+  ``VFrameFormat`` without a default (0 is added).
 * **Syntax slips**: a missing ``;`` before the next statement or at the end of the file, missing
   ``:`` after ``NS_``/``BS_``/``BU_``/in ``SIG_VALTYPE_``, a missing ``BS_:`` after the ``NS_``
   section, bit timing after ``BS_:``, commas in the ``BU_`` list, receivers or enum values
@@ -44,6 +47,10 @@ Repairs (each one a warning; with ``strict=True`` the first one is raised as an 
 
 Bytes are read as UTF-8 (a BOM is skipped); a file that is not valid UTF-8 is read as cp1252,
 the code page CANdb++ writes, with a warning. CR LF and lone CR line ends are accepted.
+
+Most files need no repair, so the drivers hand the text to cantools first and run the repair
+pass only when cantools refuses it; the repair pass leaves any text cantools accepts as it is
+(the tests hold it to that on every opendbc file), so both ways give the same database.
 
 After parsing, the loader warns about what cantools accepts silently with ``strict=False``:
 several messages with one frame id or one name, several signals with one name in a message, and
@@ -66,9 +73,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from os import PathLike, fspath
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
-import cantools
+from cantools.database.can import Database, Message, Signal
 
 from can_dbc.diagnostics import DbcDiagnostic
 from can_dbc.errors import DbcLoadError
@@ -81,9 +88,13 @@ _MAX_EXTENDED_ID: Final = 0x1FFFFFFF
 _VECTOR_INDEPENDENT: Final = "VECTOR__INDEPENDENT_SIG_MSG"
 _NO_NODE: Final = "Vector__XXX"
 # cantools expands SG_MUL_VAL_ ranges into lists; a hostile range would exhaust memory.
-_MAX_MUX_VALUES: Final = 1 << 16
+_MAX_MUX_VALUES: Final = 1_000_000
 # Beyond this a "message" is not a CAN frame; checking signal layout bit by bit would be wasteful.
 _MAX_CHECKED_LENGTH: Final = 4096
+_MAX_REPORTED_OVERLAPS: Final = 1000
+# Longer digit strings are not frame ids or bit positions, and Python refuses to convert
+# decimal strings of more than 4300 digits.
+_MAX_DIGITS: Final = 30
 
 # The keywords cantools' tokenizer knows; any of them outside its grammar makes cantools fail.
 _KEYWORDS: Final = frozenset(
@@ -169,7 +180,19 @@ _INT_RE: Final = re.compile(r"[-+]?\d+\Z")
 _HEX_RE: Final = re.compile(r"0[xX][0-9A-Fa-f]+\Z")
 _MUX_RE: Final = re.compile(r"M|m\d+M?\Z")
 _UNKNOWN_KEYWORD_RE: Final = re.compile(r"[A-Z][A-Z0-9_]*_\Z")
-_MESSAGE_IN_ERROR_RE: Final = re.compile(r"message '?([A-Za-z0-9_]+)'?")
+_COMMENT_RE: Final = re.compile(r"//[^\n]*")
+# Numbers that make cantools take minutes or gigabytes: ints from "1e999999999", message
+# lengths, bit positions and multiplexer ranges in the millions (it builds lists that long).
+# The repair pass refuses them; the limits below are the ones this pattern checks.
+_SLOW_FOR_CANTOOLS_RE: Final = re.compile(
+    r"\d\.?\d*[eE]\+?0*\d{4}"
+    r"|^[ \t]*BO_[ \t]+\d+[ \t]+\w+[ \t]*:[ \t]*\d{6}"
+    r"|^[ \t]*SG_[^\n:]*:[ \t]*(?:\d{7}|\d+[ \t]*\|[ \t]*\d{7})"
+    r"|SG_MUL_VAL_[ \t]+\d+[ \t]+\w+[ \t]+\w+[^;]*?\d{6}",
+    re.MULTILINE,
+)
+_MAX_MESSAGE_LENGTH: Final = 99_999
+_MAX_BIT: Final = 999_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +204,7 @@ class LoadedDbc:
     """
 
     path: str
-    database: cantools.database.can.Database
+    database: Database
     warnings: tuple[DbcDiagnostic, ...]
 
 
@@ -222,7 +245,6 @@ class _Stmt:
 class _Msg:
     raw_id: int
     name: str
-    stmt: _Stmt
     signals: dict[str, int]  # signal name as written → line
     final_id: int | None = None  # None: dropped
     vector: bool = False
@@ -278,10 +300,9 @@ def _number_value(text: str) -> Decimal | None:
 class _Cursor:
     """Walks one statement's tokens, collecting the edits and notes its repairs need."""
 
-    __slots__ = ("edits", "i", "names", "notes", "rep", "toks")
+    __slots__ = ("edits", "i", "names", "notes", "toks")
 
-    def __init__(self, rep: _Repairer, toks: list[_Tok]) -> None:
-        self.rep = rep
+    def __init__(self, toks: list[_Tok]) -> None:
         self.toks = toks
         self.i = 1  # the keyword is toks[0]
         self.edits: list[tuple[int, int, str]] = []
@@ -377,11 +398,13 @@ class _Cursor:
 
     def integer(self, what: str = "a whole number") -> tuple[int, _Tok]:
         tok = self.take(what)
+        if len(tok.text) > _MAX_DIGITS:
+            raise _Reject(f"expected {what}, found the overlong number {_describe(tok)}", tok)
         if tok.kind == "num":
             if _INT_RE.match(tok.text):
                 return int(tok.text), tok
             value = _number_value(self._fix_leading_dot(tok))
-            if value is not None and value == value.to_integral_value():
+            if value is not None and value.adjusted() < _MAX_DIGITS and value % 1 == 0:
                 whole = int(value)
                 self.notes = [n for n in self.notes if n[0] != tok.start]
                 self.replace(tok, str(whole))
@@ -727,7 +750,7 @@ class _Repairer:
                 self.signals_by_final.setdefault(msg.final_id, set()).update(msg.signals)
 
     def check_message(self, st: _Stmt) -> None:
-        cur = _Cursor(self, st.toks)
+        cur = _Cursor(st.toks)
         try:
             raw_id, id_tok = cur.integer("a frame id")
             if raw_id < 0:
@@ -740,8 +763,8 @@ class _Repairer:
                 )
             cur.i += 1
             length, length_tok = cur.integer("a message length")
-            if length < 0:
-                raise _Reject(f"message length {length} is negative", length_tok)
+            if not 0 <= length <= _MAX_MESSAGE_LENGTH:
+                raise _Reject(f"message length {length} is impossible", length_tok)
             if re.match(r"[-+]?0\d", length_tok.text):
                 # cantools reads the length with int(text, 0), which refuses "08".
                 cur.replace(length_tok, str(length))
@@ -766,7 +789,7 @@ class _Repairer:
                 return
             raise self.fatal(line_tok.start, f"malformed message (BO_): {r.reason}") from None
 
-        msg = _Msg(raw_id, name_tok.text, st, {})
+        msg = _Msg(raw_id, name_tok.text, {})
         msg.vector = name_tok.text == _VECTOR_INDEPENDENT
         if msg.vector:
             msg.final_id = raw_id  # cantools discards this message; its id does not matter
@@ -808,7 +831,7 @@ class _Repairer:
         strict_mux = sum(1 for text in indicators if text.endswith("M")) == 1
         signal_curs: list[_Cursor] = []
         for sig in st.signals:
-            scur = _Cursor(self, sig)
+            scur = _Cursor(sig)
             try:
                 keep = self.check_signal(scur, msg, strict_mux)
             except _Reject as r:
@@ -856,7 +879,7 @@ class _Repairer:
         cur.punct(":", "':' after the signal name")
         start, start_tok = cur.integer("a start bit")
         cur.punct("|")
-        length, _ = cur.integer("a signal length")
+        length, length_tok = cur.integer("a signal length")
         cur.punct("@")
         order_tok = cur.take("a byte order (0 or 1)")
         if order_tok.text not in ("0", "1"):
@@ -876,8 +899,10 @@ class _Repairer:
         cur.punct("|")
         cur.number("a maximum")
         close = cur.punct("]")
-        if start < 0:
-            raise _Reject(f"start bit {start} is negative", start_tok)
+        if not 0 <= start <= _MAX_BIT:
+            raise _Reject(f"start bit {start} is impossible", start_tok)
+        if length > _MAX_BIT:
+            raise _Reject(f"signal length {length} is impossible", length_tok)
         if cur.at("str"):
             cur.i += 1
         elif cur.at_end() or cur.at("word"):
@@ -901,10 +926,8 @@ class _Repairer:
                 f"dropped signal {name_tok.text!r} of message {msg.name!r}: its length is {length}",
             )
             return False
-        if name_tok.text in msg.signals:
-            pass  # reported after parsing, with both lines
-        else:
-            msg.signals[name_tok.text] = self.line_of(name_tok.start)
+        # A second signal of the same name is reported after parsing.
+        msg.signals.setdefault(name_tok.text, self.line_of(name_tok.start))
         return True
 
     # -- references to messages ---------------------------------------------------------------
@@ -940,8 +963,21 @@ class _Repairer:
             if st.kw == "BA_DEF_DEF_" and len(st.toks) > 2 and st.toks[1].kind == "str":
                 value = st.toks[2].text.strip('"') if st.toks[2].kind in ("num", "str") else ""
                 self.defaults[st.toks[1].text[1:-1]] = value
+        last_definition: dict[tuple[str, str], _Stmt] = {}
         for st in self.stmts:
             if st.kw in ("BA_DEF_", "BA_DEF_REL_"):
+                names = [t.text for t in st.toks[1:3] if t.kind == "str"][:1]
+                for name in names:
+                    last_definition[st.kw, name] = st
+        for st in self.stmts:
+            if st.kw in ("BA_DEF_", "BA_DEF_REL_"):
+                names = [t.text for t in st.toks[1:3] if t.kind == "str"][:1]
+                if names and last_definition[st.kw, names[0]] is not st:
+                    # cantools keeps the last definition of a name but converts the default
+                    # for every one, and fails where the types differ.
+                    self.drop_span(st.start, st.end)
+                    self.warn(st.start, f"dropped {st.kw} {names[0]}: it is defined again later")
+                    continue
                 if not self.check_statement(st) and st.kw == "BA_DEF_":
                     names = [t.text[1:-1] for t in st.toks if t.kind == "str"][:1]
                     self.rejected_defs.update(names)
@@ -951,7 +987,9 @@ class _Repairer:
                 and st.toks[1].text == "BO_"
                 and st.toks[2].kind == "num"
             ):
-                msg = self.lookup(int(Decimal(st.toks[2].text)))
+                text = st.toks[2].text
+                whole = _INT_RE.match(text) and len(text) <= _MAX_DIGITS
+                msg = self.lookup(int(text)) if whole else None
                 if msg is not None and msg.final_id is not None:
                     self.commented_ids.add(msg.final_id)
         for st in self.stmts:
@@ -964,7 +1002,7 @@ class _Repairer:
             self.drop_span(st.start, st.end)
             return False
         check = self.CHECKS[st.kw]
-        cur = _Cursor(self, st.toks)
+        cur = _Cursor(st.toks)
         try:
             keep = check(self, st, cur)
         except _Drop:
@@ -1033,26 +1071,22 @@ class _Repairer:
 
     def check_comment(self, st: _Stmt, cur: _Cursor) -> bool:
         if cur.at("str"):
-            cur.i += 1
-            cur.end()
+            self.comment_text(cur)
             return True
         kind_tok = cur.peek()
         kind = cur.keyword("BO_", "SG_", "BU_", "EV_")
         if kind in ("BU_", "EV_"):
             cur.name("node" if kind == "BU_" else "environment variable")
-            cur.string("a comment string")
-            cur.end()
+            self.comment_text(cur)
             return True
         if kind == "BO_":
             self.ref(cur)
-            cur.string("a comment string")
-            cur.end()
+            self.comment_text(cur)
             return True
         if kind == "SG_" and not cur.at("str", 1):
             self.ref(cur)
             cur.name("signal")
-            cur.string("a comment string")
-            cur.end()
+            self.comment_text(cur)
             return True
         if kind is None and not (cur.at("num") and cur.at("str", 1)):
             raise _Reject(
@@ -1061,8 +1095,7 @@ class _Repairer:
         # "CM_ 145 "…";" or "CM_ SG_ 145 "…";": a comment on message 145 that lost its kind
         # (or its signal name). Keep it as the message comment unless one exists already.
         msg, raw, id_tok = self.ref(cur)
-        cur.string("a comment string")
-        cur.end()
+        self.comment_text(cur)
         written = f"CM_ {'SG_ ' if kind else ''}{raw}"
         label = f"message {raw}" + (f" ({msg.name})" if msg is not None else "")
         final = raw if msg is None or msg.final_id is None else msg.final_id
@@ -1086,6 +1119,20 @@ class _Repairer:
         )
         return True
 
+    def comment_text(self, cur: _Cursor) -> None:
+        """Read the comment string, which ends the statement; escape quotes left bare in it."""
+        first = cur.string("a comment string")
+        last = cur.toks[-1]
+        if cur.at_end() or last.kind != "str" or any(t.kind == "kw" for t in cur.toks[cur.i :]):
+            cur.end()
+            return
+        # "said "hi" twice" splits into strings and words; the quotes pair up inside the
+        # statement, so the text between the outer ones is the comment.
+        inner = self.text[first.start + 1 : last.end - 1].replace('\\"', '"')
+        cur.edits.append((first.start, last.end, '"' + inner.replace('"', '\\"') + '"'))
+        cur.note(first, "comment has unescaped '\"' inside; escaped them")
+        cur.i = len(cur.toks)
+
     def read_definition(self, cur: _Cursor, kinds: tuple[str, ...]) -> tuple[str, _AttrDef]:
         cur.keyword(*kinds)
         name = cur.string("an attribute name").text[1:-1]
@@ -1103,7 +1150,13 @@ class _Repairer:
         else:
             numbers: list[_Tok] = []
             while cur.at("num"):
-                numbers.append(cur.toks[cur.i])
+                number = cur.toks[cur.i]
+                value = _number_value(number.text)
+                if type_tok.text != "FLOAT" and (value is None or value.adjusted() >= _MAX_DIGITS):
+                    raise _Reject(
+                        f"attribute {name!r} has the overlong bound {number.text}", number
+                    )
+                numbers.append(number)
                 choices.append(cur.number())
             if len(numbers) == 1 and type_tok.text in _NUMERIC_ATTRIBUTE_TYPES:
                 raise _Reject(f"attribute {name!r} gives a minimum but no maximum", numbers[0])
@@ -1162,13 +1215,19 @@ class _Repairer:
                 raise _Reject(
                     f"attribute {name!r} is {kind} but its value is {_describe(tok)}", tok
                 )
+            if (kind != "FLOAT" or name == "Baudrate") and value.adjusted() >= _MAX_DIGITS:
+                raise _Reject(f"attribute {name!r} has the overlong value {_describe(tok)}", tok)
             limit = definition.index_range
-            if limit is not None and not 0 <= int(value) < limit:
+            if limit is not None and not (
+                value.adjusted() < _MAX_DIGITS and 0 <= int(value) < limit
+            ):
                 raise _Reject(
-                    f"attribute {name!r} has value {int(value)}, outside its {limit} choices", tok
+                    f"attribute {name!r} has value {text}, outside its {limit} choices", tok
                 )
-        elif name == "Baudrate" and _number_value(text) is None:
-            raise _Reject(f"attribute 'Baudrate' is not a number: {_describe(tok)}", tok)
+        elif name == "Baudrate":
+            value = _number_value(text)
+            if value is None or value.adjusted() >= _MAX_DIGITS:
+                raise _Reject(f"attribute 'Baudrate' is not a usable number: {_describe(tok)}", tok)
 
     def check_attr_default(self, st: _Stmt, cur: _Cursor) -> bool:
         name = cur.string("an attribute name").text[1:-1]
@@ -1302,7 +1361,7 @@ class _Repairer:
                 raise _Reject(
                     f"expected a range such as 0-3, found {_describe(high_tok)}", high_tok
                 )
-            if not high_text.isdigit() or low < 0:
+            if not high_text.isdigit() or len(high_text) > _MAX_DIGITS or low < 0:
                 raise _Reject(f"bad multiplexer range near {_describe(high_tok)}", high_tok)
             total += max(0, int(high_text) - low + 1)
             if total > _MAX_MUX_VALUES:
@@ -1507,8 +1566,8 @@ _QUIET = _QuietDuplicates()
 logging.getLogger("cantools.database.can.database").addFilter(_QUIET)
 
 
-def _parse(text: str) -> Any:
-    db = cantools.database.can.Database(strict=False)
+def _parse(text: str) -> Database:
+    db = Database(strict=False)
     _QUIET.active.on = True
     try:
         db.add_dbc_string(text + _SENTINEL)
@@ -1539,6 +1598,10 @@ def _load_text(text: str, path: str, strict: bool, extra: list[DbcDiagnostic]) -
     try:
         # Most files need no repair, and cantools accepting a text means the repair pass would
         # leave it as it is (the tests hold it to that): parse first, repair only on failure.
+        # Only numbers so large that cantools would take forever send the text straight to
+        # the repair pass, which refuses them.
+        if _SLOW_FOR_CANTOOLS_RE.search(text):
+            raise ValueError("numbers too large for cantools")
         db = _parse(text)
         parsed = text
     except Exception:  # cantools and textparser raise many kinds; none may escape
@@ -1571,6 +1634,8 @@ def _load_text(text: str, path: str, strict: bool, extra: list[DbcDiagnostic]) -
                     f"ignored all attributes (BA_…): cantools could not interpret them ({error})",
                 )
             )
+    if not db.messages and not _COMMENT_RE.sub("", parsed).strip():
+        raise DbcLoadError(path, None, "the file contains no DBC statements")
     infos, findings = _scan_layout(parsed, path)
     warnings = [*extra, *diags, *findings, *_check_database(db, path, infos)]
     warnings.sort(key=_line_key)
@@ -1682,7 +1747,7 @@ def _scan_layout(text: str, path: str) -> tuple[list[_MessageInfo], list[DbcDiag
     return infos, findings
 
 
-def _check_database(db: Any, path: str, infos: list[_MessageInfo]) -> list[DbcDiagnostic]:
+def _check_database(db: Database, path: str, infos: list[_MessageInfo]) -> list[DbcDiagnostic]:
     out: list[DbcDiagnostic] = []
     messages = list(db.messages)
     if len(messages) != len(infos):
@@ -1722,14 +1787,10 @@ def _check_database(db: Any, path: str, infos: list[_MessageInfo]) -> list[DbcDi
 
 
 def _check_signals(
-    message: Any, path: str, line: int | None, info: _MessageInfo
+    message: Message, path: str, line: int | None, info: _MessageInfo
 ) -> list[DbcDiagnostic]:
     out: list[DbcDiagnostic] = []
-    size = 8 * int(message.length)
     seen: set[str] = set()
-    placed: list[tuple[Any, int]] = []
-    misfits: list[str] = []
-    overlaps: list[str] = []
     for signal in message.signals:
         if signal.name in seen:
             out.append(
@@ -1741,21 +1802,29 @@ def _check_signals(
                 )
             )
         seen.add(signal.name)
+    size = 8 * int(message.length)
+    if size > 8 * _MAX_CHECKED_LENGTH:
+        return out
+    # Who occupies each bit: overlaps are found per bit, so a message costs its bits plus the
+    # overlaps it has, not the square of its signals.
+    owners: list[list[Signal]] = [[] for _ in range(size)]
+    misfits: list[str] = []
+    overlaps: dict[tuple[str, str], None] = {}  # ordered set
+    for signal in message.signals:
         length = int(signal.length)
-        if size > _MAX_CHECKED_LENGTH * 8 or length > size:
-            misfits.append(signal.name)
-            continue
-        bits = _signal_bits(int(signal.start), length, signal.byte_order == "big_endian")
+        bits = (
+            _signal_bits(int(signal.start), length, signal.byte_order == "big_endian")
+            if length <= size
+            else [-1]
+        )
         if not all(0 <= b < size for b in bits):
             misfits.append(signal.name)
             continue
-        mask = 0
         for b in bits:
-            mask |= 1 << b
-        for other, other_mask in placed:
-            if mask & other_mask and _can_coexist(signal, other):
-                overlaps.append(f"{other.name!r} and {signal.name!r}")
-        placed.append((signal, mask))
+            for other in owners[b]:
+                if len(overlaps) < _MAX_REPORTED_OVERLAPS and _can_coexist(signal, other):
+                    overlaps[other.name, signal.name] = None
+            owners[b].append(signal)
     if misfits:
         out.append(
             DbcDiagnostic(
@@ -1766,9 +1835,8 @@ def _check_signals(
             )
         )
     if overlaps:
-        shown = "; ".join(overlaps[:4]) + (
-            f"; … ({len(overlaps)} pairs)" if len(overlaps) > 4 else ""
-        )
+        pairs = [f"{a!r} and {b!r}" for a, b in overlaps]
+        shown = "; ".join(pairs[:4]) + (f"; … ({len(pairs)} pairs)" if len(pairs) > 4 else "")
         out.append(
             DbcDiagnostic(path, line, f"signals overlap in message {message.name!r}: {shown}")
         )
@@ -1782,7 +1850,7 @@ def _listing(items: list[str], noun: str, shown: int = 4) -> str:
     return f"{len(items)} {noun}s ({head} …)"
 
 
-def _can_coexist(a: Any, b: Any) -> bool:
+def _can_coexist(a: Signal, b: Signal) -> bool:
     """Whether two signals can be in the same frame (multiplexed signals with disjoint
     multiplexer values under one multiplexer never are)."""
     if a.multiplexer_signal is None or b.multiplexer_signal is None:

@@ -272,7 +272,8 @@ class SimulationRunner:
             await tasks.__aexit__(None, None, None)
 
     def stop(self) -> None:
-        """Ask a running :meth:`run` to return after its current step."""
+        """Ask a running :meth:`run` to return after its current step (a later ``run`` returns
+        after one step: a stop is not forgotten, so a signal just before the run is not lost)."""
         self._stop.set()
 
     def start(self, duration: float | None = None) -> asyncio.Task[None]:
@@ -289,7 +290,6 @@ class SimulationRunner:
         if self._running:
             raise RuntimeError("SimulationRunner.run() is already running")
         self._running = True
-        self._stop.clear()
         try:
             if self.speed > 0:
                 await self._run_paced(duration)

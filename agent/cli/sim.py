@@ -356,6 +356,7 @@ def _databases_per_bus(
     """DBC databases per bus name: ``--dbc BUS=FILE`` to that bus, a bare ``--dbc FILE`` to the
     first bus; the sample vehicle's DBC on the first bus when no ``--dbc`` is given."""
     from agent.cli.dbc_args import load_dbc_args, parse_dbc_arg
+    from can_dbc import SAMPLE_VEHICLE_DBC
 
     texts = list(args.dbc)
     for text in texts:
@@ -365,7 +366,7 @@ def _databases_per_bus(
                 f"--dbc {text!r}: no bus is named {binding.bus!r} (buses: {', '.join(buses)})"
             )
     if not texts:
-        texts = [str(_sample_dbc())]
+        texts = [str(SAMPLE_VEHICLE_DBC)]
     dbcs = load_dbc_args(texts, verbose=args.verbose, prog=prog)
     per_bus: dict[str, list[Any]] = {}
     if dbcs.common:
@@ -375,21 +376,11 @@ def _databases_per_bus(
     return per_bus
 
 
-def _sample_dbc() -> Path:
-    """The sample vehicle's DBC (``can_dbc.SAMPLE_VEHICLE_DBC``)."""
-    import can_dbc
-
-    sample = getattr(can_dbc, "SAMPLE_VEHICLE_DBC", None)
-    return Path(sample) if sample else Path(can_dbc.__file__).parent / "vehicles" / "tbox_ev.dbc"
-
-
 def _make_generator(
     args: argparse.Namespace, per_bus: Mapping[str, list[Any]], bitrate: int
 ) -> Any:
     """The DBC traffic generator over the scenario's vehicle model; frames carry live times."""
-    from sim.scenario import load_scenario
-    from sim.traffic import TrafficGenerator
-    from sim.vehicle import VehicleModel
+    from sim import TrafficGenerator, VehicleModel, load_scenario
 
     scenario = load_scenario(args.scenario)
     model = VehicleModel(scenario, seed=args.seed)

@@ -333,19 +333,17 @@ def test_candump_log_malformed_lines_are_counted_with_line_numbers(tmp_path: Pat
 
 
 @pytest.mark.skipif(RAV4 is None, reason="RAV4 sample log not available")
-def test_rav4_log_matches_python_can_and_is_fast() -> None:
+def test_rav4_log_matches_python_can() -> None:
+    # Speed is measured by benchmarks/bench_canlog.py, not here.
     assert RAV4 is not None
     stats = LogReadStats()
-    started = time.perf_counter()
     ours = list(read_log(RAV4, stats))
-    elapsed = time.perf_counter() - started
     theirs = list(can.LogReader(str(RAV4)))
     assert stats.frames == len(ours) == len(theirs) == 98_800
     assert stats.malformed == 0
     for a, b in zip(ours, theirs, strict=True):
         assert a.equals(b, timestamp_delta=1e-9)
     assert {m.channel for m in ours} == {"can0", "can1"}
-    assert elapsed < 5.0  # ~0.25 s here; generous for loaded CI machines
 
 
 # --- candump screen output ---------------------------------------------------------------------

@@ -680,28 +680,20 @@ def opendbc_files() -> list[Path]:
 
 @functools.cache
 def load_opendbc(path: Path) -> Any:
+    """Load through the tolerant loader, so the 12 files cantools refuses are checked too:
+    the reference is cantools decoding the repaired model."""
     logger = logging.getLogger("cantools")
     level = logger.level
     logger.setLevel(logging.ERROR)  # opendbc files make cantools warn a lot while loading
     try:
-        return cantools.database.load_file(str(path), strict=False)
-    except Exception:  # cantools rejects some opendbc quirks; see field notes
-        return None
+        return can_dbc.load_dbc(path).database
     finally:
         logger.setLevel(level)
-
-
-@pytest.mark.slow
-def test_most_opendbc_files_load() -> None:
-    loaded = [path for path in opendbc_files() if load_opendbc(path) is not None]
-    assert len(loaded) >= 46, len(loaded)
 
 
 @pytest.mark.parametrize("path", opendbc_files(), ids=lambda path: path.stem)
 def test_opendbc_matches_cantools(path: Path) -> None:
     db = load_opendbc(path)
-    if db is None:
-        pytest.skip("cantools cannot load this file")
     # Both unpacking strategies, one with each choice mode, keeps the run short.
     plain = Decoder(db)
     with mock.patch.object(can_dbc.decoder, "_USE_BITSTRUCT", False):

@@ -87,9 +87,7 @@ async def test_simulated_traffic_decodes_with_cycle_times(
                 start = start or batch[0].timestamp
                 if batch[-1].timestamp - start > 4.0:
                     break
-    periodic = {
-        m.name: m.cycle_time for m in db.messages if m.cycle_time and m.cycle_time <= 200
-    }
+    periodic = {m.name: m.cycle_time for m in db.messages if m.cycle_time and m.cycle_time <= 200}
     assert len(periodic) >= 20
     missing = sorted(set(periodic) - set(times))
     assert not missing, f"periodic messages never seen: {missing}"
