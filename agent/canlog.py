@@ -338,7 +338,7 @@ def _read_python_can(
     try:
         reader = factory()
     except (ImportError, NotImplementedError) as e:
-        hint = " (pip install asammdf)" if suffix == ".mf4" else ""
+        hint = " (pip install asammdf, or tbox-agent[mf4])" if suffix == ".mf4" else ""
         raise InputError(f"cannot read {name}: {e}{hint}") from e
     except OSError as e:
         raise InputError(f"cannot read log file {name}: {e.strerror or e}") from e
@@ -409,27 +409,14 @@ def _parse_candump_log(
         if match is not None and not len(match[4]) & 1:
             ts_text, channel, id_text, hex_data = match.groups()
             can_id = int(id_text, 16)
-            if len(id_text) == 3:
-                if can_id <= _SFF_MASK:
-                    data = fromhex(hex_data)
-                    stats.frames += 1
-                    yield message(
-                        timestamp=float(ts_text),
-                        arbitration_id=can_id,
-                        is_extended_id=False,
-                        channel=channel,
-                        dlc=len(data),
-                        data=data,
-                        check=False,
-                    )
-                    continue
-            elif can_id <= _EFF_MASK:
+            extended = len(id_text) != 3  # candump writes 29-bit ids with 8 digits
+            if can_id <= (_EFF_MASK if extended else _SFF_MASK):
                 data = fromhex(hex_data)
                 stats.frames += 1
                 yield message(
                     timestamp=float(ts_text),
                     arbitration_id=can_id,
-                    is_extended_id=True,
+                    is_extended_id=extended,
                     channel=channel,
                     dlc=len(data),
                     data=data,

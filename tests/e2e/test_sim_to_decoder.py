@@ -10,8 +10,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,50 +19,18 @@ import pytest
 from agent.busurl import parse_bus_url
 from agent.frame_source import Backoff, FrameSource
 from can_dbc import SAMPLE_VEHICLE_DBC, Decoder, load_dbc
-
-
-def _serve(tmp_path: Path, port: int = 0, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = tmp_path / f"port-{time.monotonic_ns()}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "sim",
-            "serve",
-            "--socketcand",
-            f"127.0.0.1:{port}",
-            "--port-file",
-            str(port_file),
-            "--duration",
-            "60",
-            "--quiet",
-            *extra,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None:
-            raise AssertionError(f"tbox sim serve exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("tbox sim serve did not start listening in 30 s")
-        time.sleep(0.02)
-    return proc, int(port_file.read_text())
+from tests.sim_server import start_sim_server, stop_sim_server
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    proc, port = _serve(tmp_path)
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc, port = start_sim_server(tmp_path, "--duration", "60", "--quiet")
     yield proc, port
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
+    stop_sim_server(proc)
 
 
 async def test_simulated_traffic_decodes_with_cycle_times(
-    server: tuple[subprocess.Popen[bytes], int],
+    server: tuple[subprocess.Popen[str], int],
 ) -> None:
     _, port = server
     db = load_dbc(SAMPLE_VEHICLE_DBC).database
@@ -103,8 +69,8 @@ RAV4_LOG = Path(__file__).parents[1] / "data" / "rav4-2018-comma2k19" / "rav4_60
 
 
 async def test_bus_that_disappears_is_reopened(tmp_path: Path) -> None:
-    replay = ("--replay", str(RAV4_LOG), "--loop", "--map", "can1=can0")
-    proc, port = _serve(tmp_path, 0, *replay)
+    replay = ("--replay", str(RAV4_LOG), "--loop", "--map", "can1=can0", "--quiet")
+    proc, port = start_sim_server(tmp_path, *replay)
     fast = Backoff(initial=0.05, maximum=0.2)
     got: Counter[str] = Counter()
     try:
@@ -119,15 +85,13 @@ async def test_bus_that_disappears_is_reopened(tmp_path: Path) -> None:
                         os.kill(proc.pid, signal.SIGKILL)
                         proc.wait(10)
                         await asyncio.sleep(0.5)
-                        proc, _ = _serve(tmp_path, port, *replay)
+                        proc, _ = start_sim_server(tmp_path, *replay, port=port)
                         phase = "after"
                     elif phase == "after" and got[phase] > 200:
                         break
             stats = source.stats["can0"]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+        stop_sim_server(proc)
     assert got["after"] > 200
     assert stats.reopens >= 1
     assert stats.errors >= 1

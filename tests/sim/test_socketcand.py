@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import pytest
 
 from sim.record import format_candump_line
 from sim.socketcand import SocketcandServer, format_frames
+from tests.sim_server import start_sim_server, stop_sim_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -301,52 +299,17 @@ async def test_unroutable_and_remote_frames_are_counted() -> None:
     assert server.stats.frames_published["can0"] == 1  # the unnamed one: the only channel
 
 
-def test_formatting_is_fast_and_matches_socketcand() -> None:
-    frames = [_msg(i % 0x7FF, bytes([i % 256]) * 8, t=1_700_000_000.5) for i in range(200_000)]
-    started = time.perf_counter()
+def test_formatting_matches_socketcand() -> None:
+    frames = [_msg(i % 0x7FF, bytes([i % 256]) * 8, t=1_700_000_000.5) for i in range(2_000)]
     text = format_frames(frames)
-    elapsed = time.perf_counter() - started
     assert text.startswith("< frame 000 1700000000.500000 0000000000000000 >< frame 001 ")
     ext = format_frames([_msg(0x1F, b"\xab", ext=True)])
     assert ext == "< frame 0000001F 1700000000.000000 AB >"
     err = can.Message(timestamp=1.5, arbitration_id=0x4, is_error_frame=True)
     assert format_frames([err]) == "< error 004 1.500000 >"
-    assert elapsed < 5.0  # ~0.25 s here (≈ 800k frames/s); generous for loaded CI
 
 
 # --- across processes: `tbox sim serve` ---------------------------------------------------------
-
-
-def _serve(args: list[str], port_file: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "sim",
-            "serve",
-            "--socketcand",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            *args,
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _wait_port(proc: subprocess.Popen[str], port_file: Path, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while not port_file.exists():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"server exited early: {err}")
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    return int(port_file.read_text())
 
 
 def test_serve_replay_to_client_in_another_process(tmp_path: Path) -> None:
@@ -363,12 +326,10 @@ def test_serve_replay_to_client_in_another_process(tmp_path: Path) -> None:
                 channel="can0",
             )
             f.write(format_candump_line(msg))
-    port_file = tmp_path / "port"
-    proc = _serve(
-        ["--replay", str(log), "--speed", "0", "--wait-clients", "1", "--quiet"], port_file
+    proc, port = start_sim_server(
+        tmp_path, "--replay", str(log), "--speed", "0", "--wait-clients", "1", "--quiet"
     )
     try:
-        port = _wait_port(proc, port_file)
         bus = _client(port)
         try:
             got = _recv_n(bus, count, timeout=30)
@@ -377,9 +338,7 @@ def test_serve_replay_to_client_in_another_process(tmp_path: Path) -> None:
             bus.shutdown()
         _, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_sim_server(proc)
     assert proc.returncode == 0, err
     assert re.search(r"socketcand listening on 127\.0\.0\.1:(\d+)", err)
     assert len(got) == count
@@ -393,10 +352,8 @@ def test_serve_stops_on_sigterm_with_status_0(tmp_path: Path) -> None:
 
     log = tmp_path / "tiny.log"
     log.write_text("(1600000000.000000) can0 123#00\n(1600000000.100000) can0 123#01\n")
-    port_file = tmp_path / "port"
-    proc = _serve(["--replay", str(log), "--loop"], port_file)
+    proc, port = start_sim_server(tmp_path, "--replay", str(log), "--loop")
     try:
-        port = _wait_port(proc, port_file)
         bus = _client(port)
         try:
             got = _recv_n(bus, 3, timeout=5)
@@ -405,9 +362,7 @@ def test_serve_stops_on_sigterm_with_status_0(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_sim_server(proc)
     assert proc.returncode == 0, err
     assert len(got) == 3
     assert [bytes(m.data) for m in got][:2] in ([b"\x00", b"\x01"], [b"\x01", b"\x00"])

@@ -15,6 +15,7 @@ import pytest
 
 from agent.canlog import read_log
 from sim.record import format_candump_line
+from tests.sim_server import start_sim_server, stop_sim_server
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -218,36 +219,9 @@ def test_record_duration(tmp_path: Path) -> None:
 
 def test_record_from_socketcand_server(tmp_path: Path, log: Path) -> None:
     """serve (replay, looping) in one process, record in another, over socketcand."""
-    port_file = tmp_path / "port"
     out = tmp_path / "rec.log"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "sim",
-            "serve",
-            "--socketcand",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--replay",
-            str(log),
-            "--loop",
-            "--bus-name",
-            "can0",
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server, port = start_sim_server(tmp_path, "--replay", str(log), "--loop", "--bus-name", "can0")
     try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            assert server.poll() is None, server.communicate()[1]
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        port = int(port_file.read_text())
         result = _tbox(
             [
                 "sim",
@@ -263,9 +237,7 @@ def test_record_from_socketcand_server(tmp_path: Path, log: Path) -> None:
         server.send_signal(signal.SIGINT)
         _, server_err = server.communicate(timeout=10)
     finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+        stop_sim_server(server)
     assert result.returncode == 0, result.stderr
     assert server.returncode == 0, server_err
     got = list(read_log(out))
