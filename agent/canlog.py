@@ -73,6 +73,13 @@ _PYTHON_CAN_LOGGERS: Final = tuple(
 _BINARY_MAGIC: Final = ((b"LOGG", ".blf"), (b"MDF     ", ".mf4"), (b"SQLite format 3\x00", ".db"))
 
 
+def _printable(text: str, limit: int = 120) -> str:
+    """*text* safe for a terminal: control and undecodable characters escaped, length capped."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass(slots=True)
 class LogReadStats:
     """Counters of one :func:`read_log` run, for the caller to report on stderr.
@@ -93,7 +100,7 @@ class LogReadStats:
         """Count one malformed line; describe it if it is among the first few."""
         self.malformed += 1
         if len(self.first_errors) < MAX_FIRST_ERRORS:
-            self.first_errors.append(f"{where}: {reason}")
+            self.first_errors.append(f"{where}: {_printable(reason)}")
 
     def summary(self, name: str) -> str:
         """One line for stderr: ``"x.log: 100 frames, 2 malformed lines skipped (first: …)"``."""

@@ -129,6 +129,7 @@ class _BusReader:
         self._backoff = backoff
         self._bus: Any = None
         self.opened = threading.Event()
+        self._failures_in_row = 0
         self.thread = threading.Thread(
             target=self._run, name=f"can-reader-{spec.name}", daemon=True
         )
@@ -145,7 +146,7 @@ class _BusReader:
             try:
                 self._bus = self._open()
             except BusError as e:
-                self._record_error(e, reopening=not first)
+                self._record_error(e)
                 first = False
                 self._stop.wait(next(delays))
                 continue
@@ -153,14 +154,15 @@ class _BusReader:
                 self.stats.reopens += 1
             first = False
             self.stats.is_open = True
+            self._failures_in_row = 0
             self.opened.set()
             delays = iter(self._backoff.delays())
             try:
                 self._drain(self._bus)
             except (can.CanError, OSError, ValueError, BusError) as e:
-                self._record_error(e, reopening=True)
+                self._record_error(e)
             except Exception as e:  # a driver raising anything else must not kill intake
-                self._record_error(e, reopening=True)
+                self._record_error(e)
             finally:
                 self.stats.is_open = False
                 self._shutdown_bus()
@@ -179,7 +181,7 @@ class _BusReader:
             msg = recv(0.1)
             if msg is None:
                 if check_peer and _peer_closed(bus):
-                    raise BusError(f"bus {name}: the other side closed the connection")
+                    raise BusError(f"bus {self.spec.url}: the other side closed the connection")
                 continue
             batch: Batch = []
             try:
@@ -215,15 +217,13 @@ class _BusReader:
             return False
         return True
 
-    def _record_error(self, error: BaseException, *, reopening: bool) -> None:
+    def _record_error(self, error: BaseException) -> None:
         self.stats.errors += 1
         self.stats.last_error = str(error)
-        if reopening:
-            log.warning("bus %s failed (%s); reopening with backoff", self.spec.name, error)
-        else:
-            log.warning(
-                "bus %s cannot be opened (%s); retrying with backoff", self.spec.name, error
-            )
+        self._failures_in_row += 1
+        # One warning per outage: a bus that stays away is counted, not logged every backoff.
+        level = logging.WARNING if self._failures_in_row == 1 else logging.DEBUG
+        log.log(level, "bus %s: %s; retrying with backoff", self.spec.name, error)
 
     def _shutdown_bus(self) -> None:
         bus, self._bus = self._bus, None

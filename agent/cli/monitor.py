@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
@@ -22,6 +22,9 @@ from agent.busurl import BusSpec, parse_bus_url
 from agent.cli.dbc_args import DbcSet, add_dbc_option, load_dbc_args
 from agent.errors import UsageError
 from agent.live_view import LiveView, units_of
+
+if TYPE_CHECKING:
+    from agent.frame_source import BusStats
 
 _REFRESH_S = 0.25
 _SIM_BUS = "can0"
@@ -65,6 +68,7 @@ class _Watch:
         from can_dbc import Decoder
 
         self.view = LiveView(units_of(dbcs.all))
+        self.bus_stats: list[BusStats] = []
         self.dbcs = dbcs
         self._decoders: dict[str, Any] = {}
         self._decoder_cls = Decoder
@@ -124,6 +128,13 @@ def run(args: argparse.Namespace) -> int:
         f"{watch.view.frames} frames, {watch.view.decoded} decoded, {watch.view.failed} failed",
         highlight=False,
     )
+    for bus in watch.bus_stats:
+        if bus.errors:
+            print(
+                f"tbox monitor: bus {bus.name}: {bus.errors} errors, {bus.reopens} reopens "
+                f"(last: {bus.last_error})",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -172,6 +183,7 @@ async def _watch_buses(
                 async for batch in source:
                     for frame in batch:
                         watch.add(frame)
+        watch.bus_stats = list(source.stats.values())
 
 
 async def _refresh(live: Live, watch: _Watch, title: str) -> None:

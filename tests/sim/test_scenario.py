@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.errors import TboxError
 from sim import Scenario, ScenarioError, SimError, load_scenario
@@ -187,3 +191,60 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
         load_scenario(str(tmp_path / "nope.toml"))
     with pytest.raises(ScenarioError, match=r"no packaged scenario.*city.*highway"):
         load_scenario("moon-landing")
+
+
+# --- untrusted text: anything parses or fails with ScenarioError -------------------------------
+
+_KEYS = st.sampled_from(
+    ["duration_s", "target_speed_kph", "gear", "lights", "doors_open", "charging", "turn", "x"]
+)
+_VALUES = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.text(max_size=4), max_size=3),
+    st.just({"power_kw": 50}),
+    st.just({"steering_deg": "left"}),
+)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), max_size=4), st.booleans())
+def test_generated_scenarios_load_or_raise_scenario_error(
+    phases: list[dict[str, object]], loop: bool
+) -> None:
+    text = f"loop = {str(loop).lower()}\n" + "".join(
+        "[[phase]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in phase.items())
+        for phase in phases
+    )
+    try:
+        scenario = parse_scenario(text, "gen.toml")
+    except ScenarioError as e:
+        assert "gen.toml" in str(e)
+        return
+    assert all(p.duration_s > 0 for p in scenario.phases)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_text_loads_or_raises_scenario_error(text: str) -> None:
+    try:
+        parse_scenario(text, "any.toml")
+    except ScenarioError as e:
+        assert "any.toml" in str(e)
