@@ -69,11 +69,13 @@ class SocketcandStats:
 
     ``frames_published``: frames handed to :meth:`~SocketcandServer.publish`, per channel;
     ``frames_sent``: frames written to clients, per channel (a frame sent to two clients counts
-    twice); ``frames_received``: frames clients sent, per channel.
+    twice); ``frames_received``: frames clients sent, per channel. ``clients_total`` counts every
+    connection (probes included); ``clients_served`` those that reached raw mode on a channel.
     """
 
     clients: int = 0
     clients_total: int = 0
+    clients_served: int = 0
     clients_dropped: int = 0
     frames_published: dict[str, int] = field(default_factory=dict)
     frames_sent: dict[str, int] = field(default_factory=dict)
@@ -554,6 +556,7 @@ class SocketcandServer:
         active = self._active[client.channel]
         if client not in active:
             active.append(client)
+            self.stats.clients_served += 1
         self._changed.set()
 
     def _deactivate(self, client: _Client) -> None:

@@ -561,7 +561,7 @@ async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
     stats = server.stats
     print(
         f"{prog}: sent {runner.stats.frames} frames in {runner.stats.wall_time:.1f} s "
-        f"to {stats.clients_total} clients ({stats.clients_dropped} dropped as too slow), "
+        f"to {stats.clients_served} clients ({stats.clients_dropped} dropped as too slow), "
         f"received {sum(stats.frames_received.values())}",
         file=sys.stderr,
     )
