@@ -29,6 +29,7 @@ import can
 
 from agent.busurl import BusSpec, open_bus, parse_bus_url
 from agent.errors import BusError, UsageError
+from sim.wire import estimated_bits
 
 __all__ = [
     "BusSink",
@@ -36,7 +37,6 @@ __all__ = [
     "FrameSink",
     "RunnerStats",
     "SimulationRunner",
-    "frame_bits",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,18 +70,6 @@ class FrameSink(Protocol):
     async def send_frames(self, frames: Sequence[can.Message]) -> None:
         """Send (write, publish) *frames*."""
         ...
-
-
-def frame_bits(msg: can.Message) -> int:
-    """Bits *msg* occupies on the wire, without stuffing bits (for bus-load estimates).
-
-    Classic frame: 47 bits of overhead (11-bit id) or 67 (29-bit id) plus 8 per data byte. A CAN
-    FD frame is counted the same way at the nominal bit rate, which overestimates its load.
-    """
-    overhead = 67 if msg.is_extended_id else 47
-    if msg.is_remote_frame:
-        return overhead
-    return overhead + 8 * len(msg.data)
 
 
 @dataclass
@@ -130,7 +118,8 @@ class RunnerStats:
         return {bus: (n - before.get(bus, 0)) / span for bus, n in self.frames_per_bus.items()}
 
     def bus_bit_rates(self) -> dict[str, float]:
-        """Wire bits per second per bus over about the last second (see :func:`frame_bits`)."""
+        """Wire bits per second per bus over about the last second (no stuffing bits:
+        :func:`sim.wire.estimated_bits`)."""
         window = self._window()
         if window is None:
             return dict.fromkeys(self.bits_per_bus, 0.0)
@@ -372,7 +361,7 @@ class SimulationRunner:
                 stats.unrouted += len(batch)
                 continue
             per_bus[name] = per_bus.get(name, 0) + len(batch)
-            bits[name] = bits.get(name, 0) + sum(map(frame_bits, batch))
+            bits[name] = bits.get(name, 0) + sum(map(estimated_bits, batch))
         for name, batch in routed.items():
             sink = buses.get(name)
             if sink is not None:

@@ -29,13 +29,8 @@ The wire
     field wins (standard before extended for the same base id). A frame released again while its
     previous instance is still waiting replaces it (counted in :attr:`TrafficGenerator.overruns`),
     as a CAN controller's transmit mailbox does. The frame's ``timestamp`` is the end of its
-    transmission. Frame length in bits: classic CAN = 47 + 8·n (11-bit id) or 67 + 8·n (29-bit
-    id) including the 3-bit intermission, plus the stuff bits actually needed for the frame's
-    header and data (computed exactly with a bit-stuffing automaton; the CRC's own stuff bits,
-    0–3, are not counted). CAN FD (``is_fd`` messages, bit-rate switch assumed): the arbitration
-    part (SOF … BRS, CRC delimiter, ACK, EOF, intermission; 17 + 13 bits, 36 + 13 for 29-bit
-    ids, plus header stuff bits) at ``bitrate`` and the data part (ESI, DLC, data, stuff count,
-    CRC-17/21 with its fixed stuff bits, plus dynamic stuff bits) at ``data_bitrate``.
+    transmission. Frame lengths in bits, stuffing included, come from :mod:`sim.wire`; CAN FD
+    data phases take their time at ``data_bitrate``.
 Values
     A signal bound to a model quantity (built-in table :data:`sim.bindings.TBOX_EV_BINDINGS`
     plus the ``bindings`` argument; keys ``"SIGNAL"`` or ``"MESSAGE.SIGNAL"``) carries that
@@ -75,13 +70,12 @@ from can_dbc.integrity import IntegritySpec, SignalField
 from sim.bindings import TBOX_EV_BINDINGS
 from sim.errors import SimError
 from sim.vehicle import VehicleModel
+from sim.wire import FD_LENGTHS, STUFF_TABLE, frame_bits, header_bits, stuff_bits
 
-__all__ = ["TrafficGenerator", "frame_bits"]
+__all__ = ["TrafficGenerator"]
 
 log = logging.getLogger(__name__)
 
-_FD_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
-_FD_DLC_CODE = {n: i for i, n in enumerate(_FD_LENGTHS)}
 _BAD_CHOICE_RE = re.compile(
     r"invalid|error|err\b|fault|fail|sna|signal.?not|not.?avail|reserved|undefined|unknown|"
     r"^init|^n/?a$",
@@ -91,98 +85,6 @@ _EVENT_SEND_TYPES = frozenset({"Event", "IfActive", "OnChange", "OnWrite"})
 _NO_SEND_TYPES = frozenset({"NoMsgSendType", "NotUsed", "noMsgSendType"})
 _MIN_PERIOD_S = 0.001
 _LOAD_WINDOW_S = 1.0
-
-
-# ----------------------------------------------------------------------------- bit stuffing
-
-
-def _build_stuff_table() -> list[int]:
-    """Bit-stuffing automaton over bytes (MSB first, as CAN sends them).
-
-    State = (last bit, run length 1–5) packed as ``last * 5 + run - 1``; entry
-    ``[state * 256 + byte]`` holds ``next_state * 256 | stuff_bits << 16``.
-    """
-    table = [0] * (10 * 256)
-    for state in range(10):
-        for byte in range(256):
-            last, run = divmod(state, 5)
-            run += 1
-            stuffed = 0
-            for i in range(7, -1, -1):
-                bit = (byte >> i) & 1
-                if bit == last:
-                    run += 1
-                else:
-                    last, run = bit, 1
-                if run == 5:
-                    stuffed += 1
-                    last, run = 1 - last, 1  # the stuff bit starts a new run
-            table[state * 256 + byte] = ((last * 5 + run - 1) * 256) | (stuffed << 16)
-    return table
-
-
-_STUFF = _build_stuff_table()
-
-
-def _stuff_bits(bits: Sequence[int]) -> tuple[int, int]:
-    """Run the stuffing rule over an explicit bit list: ``(stuff bits, end state * 256)``."""
-    last, run, stuffed = 1, 0, 0
-    for bit in bits:
-        if bit == last:
-            run += 1
-        else:
-            last, run = bit, 1
-        if run == 5:
-            stuffed += 1
-            last, run = 1 - last, 1
-    return stuffed, (last * 5 + run - 1) * 256
-
-
-def _header_bits(frame_id: int, extended: bool, fd: bool, length: int) -> list[int]:
-    """SOF … DLC (… ESI, DLC for FD) of a data frame, most significant bit first."""
-
-    def bits(value: int, n: int) -> list[int]:
-        return [(value >> i) & 1 for i in range(n - 1, -1, -1)]
-
-    dlc = _FD_DLC_CODE[length] if fd else min(length, 8)
-    out = [0]  # SOF
-    if extended:
-        out += [*bits(frame_id >> 18, 11), 1, 1, *bits(frame_id & 0x3FFFF, 18)]  # SRR, IDE
-    else:
-        out += bits(frame_id, 11)
-    if fd:
-        out += [0] if extended else [0, 0]  # RRS (+ IDE for 11-bit)
-        out += [1, 0, 1, 0]  # FDF, res, BRS, ESI
-    else:
-        out += [0, 0] if extended else [0, 0, 0]  # RTR, r1/IDE, r0
-        if extended:
-            out += [0]
-    out += bits(dlc, 4)
-    return out
-
-
-def frame_bits(
-    frame_id: int, extended: bool, data: bytes | bytearray, *, fd: bool = False
-) -> tuple[int, int]:
-    """Bits a data frame occupies on the wire: ``(nominal-rate bits, data-rate bits)``.
-
-    Classic frames return ``(bits, 0)``. See the module docstring for what is counted.
-    """
-    n = len(data)
-    hdr = _header_bits(frame_id, extended, fd, n)
-    stuffed, state = _stuff_bits(hdr)
-    data_stuff = 0
-    table = _STUFF
-    for b in data:
-        e = table[state + b]
-        state = e & 0xFFFF
-        data_stuff += e >> 16
-    if not fd:
-        return (67 if extended else 47) + 8 * n + stuffed + data_stuff, 0
-    arb = (36 if extended else 17) + 13
-    crc = 17 if n <= 16 else 21
-    data_phase = 1 + 4 + 8 * n + 4 + crc + (6 if crc == 17 else 7) + data_stuff
-    return arb + stuffed, data_phase
 
 
 # ----------------------------------------------------------------------------- compiled encoders
@@ -527,7 +429,7 @@ class TrafficGenerator:
         data_bit_time = self._data_bit_time
         offset = self.start_time
         channel = bus.name
-        table = _STUFF
+        table = STUFF_TABLE
         message = can.Message
         release = self._release
         while bus.held is None:
@@ -688,7 +590,7 @@ class TrafficGenerator:
         if fd:
             if length > 64:
                 raise _SkipError(f"CAN FD frame of {length} bytes (at most 64)")
-            dlc = next(n for n in _FD_LENGTHS if n >= length)
+            dlc = next(n for n in FD_LENGTHS if n >= length)
         else:
             if length > 8:
                 raise _SkipError(f"classic CAN frame of {length} bytes (at most 8; is it CAN FD?)")
@@ -719,9 +621,7 @@ class TrafficGenerator:
             last_payloads=[None] * len(plans) if event else None,
         )
         # Header of the frame for the stuffing automaton, and the fixed part of its length.
-        slot.header_stuff, slot.header_state = _stuff_bits(
-            _header_bits(frame_id, extended, fd, dlc)
-        )
+        slot.header_stuff, slot.header_state = stuff_bits(header_bits(frame_id, extended, fd, dlc))
         slot.base_bits = (67 if extended else 47) + 8 * dlc + slot.header_stuff
         # Try one frame now so that a message that cannot be encoded is skipped up front.
         # cantools must be able to decode what we send (it rejects some broken DBC entries).

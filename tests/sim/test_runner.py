@@ -11,8 +11,9 @@ import can
 import pytest
 
 from agent.errors import BusError, UsageError
-from sim.runner import BusSink, FrameProducer, FrameSink, SimulationRunner, frame_bits
+from sim.runner import BusSink, FrameProducer, FrameSink, SimulationRunner
 from sim.socketcand import SocketcandServer
+from sim.wire import estimated_bits
 
 
 class Periodic:
@@ -189,11 +190,11 @@ async def test_rate_statistics() -> None:
     )
 
 
-def test_frame_bits() -> None:
-    assert frame_bits(can.Message(arbitration_id=1, is_extended_id=False, data=bytes(8))) == 111
-    assert frame_bits(can.Message(arbitration_id=1, is_extended_id=True, data=b"")) == 67
+def test_estimated_bits() -> None:
+    assert estimated_bits(can.Message(arbitration_id=1, is_extended_id=False, data=bytes(8))) == 111
+    assert estimated_bits(can.Message(arbitration_id=1, is_extended_id=True, data=b"")) == 67
     remote = can.Message(arbitration_id=1, is_extended_id=False, is_remote_frame=True, dlc=8)
-    assert frame_bits(remote) == 47
+    assert estimated_bits(remote) == 47
 
 
 def test_bad_arguments() -> None:

@@ -19,7 +19,7 @@ from can_dbc.integrity import IntegritySpec
 from sim import SimError, TrafficGenerator, VehicleModel, load_scenario
 from sim.bindings import TBOX_EV_BINDINGS
 from sim.scenario import parse_scenario
-from sim.traffic import frame_bits
+from sim.wire import frame_bits
 
 RAV4_DBC = Path("/work/shared/data/rav4-2018-comma2k19/toyota_new_mc_pt_generated.dbc")
 BITRATE = 500_000
