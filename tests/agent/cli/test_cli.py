@@ -17,6 +17,8 @@ SUBCOMMANDS = [
     ["sim", "run"],
     ["sim", "replay"],
     ["sim", "record"],
+    ["debug"],
+    ["debug", "crashpoints"],
 ]
 
 

@@ -1,0 +1,1 @@
+"""Protobuf package ``tbox`` (see :mod:`agent.proto`)."""
