@@ -25,3 +25,47 @@ class InputError(TboxError):
 
 class BusError(TboxError):
     """A CAN bus could not be opened or failed while in use."""
+
+
+class LocatedInputError(InputError):
+    """Malformed input whose place is known: a source, a dotted key path and maybe a line.
+
+    ``source`` is the file (or a name the caller gave a payload), ``key`` the dotted key path of
+    the offending value (``None`` for document-level problems such as syntax errors), ``line``
+    the 1-based line when known, and ``problem`` what is wrong in words a user can act on.
+    ``str()`` gives ``"source:line: key: problem"`` with the unknown parts left out.
+    """
+
+    def __init__(
+        self, source: str, key: str | None, problem: str, *, line: int | None = None
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        self.line = line
+        super().__init__(source, key, problem, line)
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        what = self.problem if self.key is None else f"{self.key}: {self.problem}"
+        return f"{where}: {what}"
+
+
+def kind_of_value(value: object) -> str:
+    """A TOML-flavoured name for a Python value's type, for error messages ("a number")."""
+    import datetime as dt
+    from collections.abc import Mapping
+
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return "a date-time"
+    return type(value).__name__

@@ -9,14 +9,14 @@
 
 from __future__ import annotations
 
-from agent.errors import TboxError
+from agent.errors import LocatedInputError, TboxError
 
 
 class SimError(TboxError):
     """Base class of every error :mod:`sim` raises on purpose."""
 
 
-class ScenarioError(SimError):
+class ScenarioError(SimError, LocatedInputError):
     """A scenario could not be loaded.
 
     ``source`` is the file (or ``<string>``) as the caller named it, ``key`` the dotted key path
@@ -24,17 +24,3 @@ class ScenarioError(SimError):
     1-based line when known, and ``problem`` what is wrong in words a user can act on. ``str()``
     gives ``"source:line: key: problem"`` with the unknown parts left out.
     """
-
-    def __init__(
-        self, source: str, key: str | None, problem: str, *, line: int | None = None
-    ) -> None:
-        self.source = source
-        self.key = key
-        self.problem = problem
-        self.line = line
-        super().__init__(source, key, problem, line)
-
-    def __str__(self) -> str:
-        where = self.source if self.line is None else f"{self.source}:{self.line}"
-        what = self.problem if self.key is None else f"{self.key}: {self.problem}"
-        return f"{where}: {what}"

@@ -67,6 +67,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agent.errors import kind_of_value as _kind
 from sim.errors import ScenarioError
 
 __all__ = [
@@ -318,7 +319,8 @@ class _Builder:
         value = tbl[key]
         if not isinstance(value, bool):
             raise self.fail(
-                f"{path}.{key}" if path else key, f"must be true or false, not {_kind(value)}"
+                f"{path}.{key}" if path else key,
+                f"must be true or false, not {_kind(value)}",
             )
         return value
 
@@ -547,21 +549,6 @@ class _Builder:
             lane_keep=self.boolean(tbl, "lane_keep", p, False),
             aeb=self.boolean(tbl, "aeb", p, False),
         )
-
-
-def _kind(value: object) -> str:
-    """A TOML-flavoured name for a Python value's type, for error messages."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return type(value).__name__
 
 
 _HEADER_RE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?")

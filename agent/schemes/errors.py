@@ -14,12 +14,12 @@ Both derive from :class:`agent.errors.InputError`: the command line reports them
 
 from __future__ import annotations
 
-from agent.errors import InputError
+from agent.errors import InputError, LocatedInputError
 
 __all__ = ["ExpressionError", "SchemeError"]
 
 
-class SchemeError(InputError):
+class SchemeError(LocatedInputError):
     """A scheme document could not be loaded.
 
     ``source`` is the file (or a name the caller gave a payload), ``key`` the dotted key path of
@@ -27,20 +27,6 @@ class SchemeError(InputError):
     ``line`` the 1-based line when known, and ``problem`` what is wrong in words a user can act
     on. ``str()`` gives ``"source:line: key: problem"`` with the unknown parts left out.
     """
-
-    def __init__(
-        self, source: str, key: str | None, problem: str, *, line: int | None = None
-    ) -> None:
-        self.source = source
-        self.key = key
-        self.problem = problem
-        self.line = line
-        super().__init__(source, key, problem, line)
-
-    def __str__(self) -> str:
-        where = self.source if self.line is None else f"{self.source}:{self.line}"
-        what = self.problem if self.key is None else f"{self.key}: {self.problem}"
-        return f"{where}: {what}"
 
 
 class ExpressionError(InputError):

@@ -71,6 +71,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+from agent.errors import kind_of_value as _kind
 from agent.schemes.errors import ExpressionError, SchemeError
 from agent.schemes.expression import Expression, parse_expression
 from agent.schemes.model import (
@@ -427,23 +428,6 @@ class _Builder:
             return parse_expression(text)
         except ExpressionError as e:
             self.fail(i, "condition", str(e))
-
-
-def _kind(value: object) -> str:
-    """A TOML-flavoured name for a Python value's type, for error messages."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return "a date-time"
-    return type(value).__name__
 
 
 _HEADER_RE: Final = re.compile(r"^\s*\[(\[?)([^\[\]]*)\]")
