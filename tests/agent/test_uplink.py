@@ -1,0 +1,384 @@
+"""The uplink against a real Mosquitto: delivery, a broker killed and restarted, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import os
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent import crashpoints
+from agent.telemetry_codec import decode_batch, encode_record
+from agent.uplink import Uplink, UplinkConfig
+from agent.upload_queue import QueueError, QueueItem, UploadQueue
+from tests.mosquitto_broker import MosquittoBroker, mosquitto_binary
+
+pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto")
+
+T0 = 1_700_000_000.0
+VEHICLE = "VIN-U1"
+TOPIC = f"vehicles/{VEHICLE}/telemetry"
+REPO = Path(__file__).resolve().parents[2]
+
+# The agent's uplink in a child process, run until a crash point ends it.
+CHILD = f"""
+import asyncio, sys
+from pathlib import Path
+from agent.upload_queue import UploadQueue
+from agent.uplink import Uplink, UplinkConfig
+
+async def main(db, port, sequence):
+    config = UplinkConfig(
+        host="127.0.0.1", port=int(port), vehicle_id={VEHICLE!r}, sequence_file=Path(sequence),
+        batch_max_bytes=512, take_max_bytes=2048,
+    )
+    async with UploadQueue(db) as queue, Uplink(config, queue):
+        await asyncio.Event().wait()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    signal: str
+    t: float
+    value: float | int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Rec:
+    scheme_id: str
+    priority: int
+    trigger_time: float
+    samples: tuple[Sample, ...]
+
+
+def _record(n: int, priority: int = 3) -> Rec:
+    # The record's number is its SEQ sample, so a decoded record says which one it is.
+    t = T0 + n
+    samples = (Sample("SEQ", t, n), Sample("SPEED", t, 10.0 + n * 0.5), Sample("GEAR", t, n % 6))
+    return Rec("periodic_1s", priority, t, samples)
+
+
+def _items(numbers: range, priority: int = 3) -> list[QueueItem]:
+    return [
+        QueueItem("telemetry", priority, encode_record(_record(n, priority)), time.time())
+        for n in numbers
+    ]
+
+
+def _config(tmp_path: Path, port: int, **kw: object) -> UplinkConfig:
+    return UplinkConfig(
+        host="127.0.0.1",
+        port=port,
+        vehicle_id=VEHICLE,
+        sequence_file=tmp_path / "sequence",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Received:
+    """(sequence, [record numbers]) per batch, as an independent subscriber decoded them."""
+
+    batches: list[tuple[int, list[int]]]
+    values: dict[int, tuple[float, int]]
+
+    def numbers(self) -> list[int]:
+        return [n for _, ns in self.batches for n in ns]
+
+
+async def _subscribe(port: int, received: Received, ready: asyncio.Event) -> None:
+    """Collect telemetry batches, reconnecting whenever the broker goes away."""
+    while True:
+        try:
+            async with aiomqtt.Client("127.0.0.1", port, identifier="test-backend") as sub:
+                await sub.subscribe(f"vehicles/{VEHICLE}/#", qos=1)
+                ready.set()
+                async for message in sub.messages:
+                    assert str(message.topic) == TOPIC
+                    assert isinstance(message.payload, bytes)
+                    batch = decode_batch(message.payload)
+                    assert batch.vehicle_id == VEHICLE
+                    numbers = []
+                    for rec in batch.records:
+                        series = {s.signal: s for s in rec.series}
+                        n = series["SEQ"].ints.values[0]
+                        numbers.append(n)
+                        received.values[n] = (
+                            series["SPEED"].doubles.values[0],
+                            series["GEAR"].ints.values[0],
+                        )
+                    received.batches.append((batch.sequence, numbers))
+        except aiomqtt.MqttError:
+            ready.clear()
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[tuple[MosquittoBroker, Received, asyncio.Event]]:
+    (tmp_path / "broker").mkdir()
+    with MosquittoBroker(tmp_path / "broker") as broker:
+        received = Received([], {})
+        ready = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(_subscribe(broker.port, received, ready))
+            await _until(ready.is_set)
+            yield broker, received, ready
+            task.cancel()
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for *condition* (a deadline against hangs, not a timing assertion)."""
+    async with asyncio.timeout(within):
+        # Polling: the conditions read other components' counters, which have no event to await.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("mqtt5", [True, False], ids=["mqtt5", "mqtt311"])
+async def test_records_arrive_decoded_with_equal_values(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event], mqtt5: bool
+) -> None:
+    broker, received, _ = backend
+    async with (
+        UploadQueue(tmp_path / "q.db") as queue,
+        Uplink(_config(tmp_path, broker.port, mqtt5=mqtt5), queue) as uplink,
+    ):
+        await queue.put(_items(range(200)))
+        uplink.notify()
+        await _until(lambda: len(set(received.numbers())) == 200)
+        await _until(lambda: queue.stats.items == 0)
+        assert sorted(received.numbers()) == list(range(200))
+        for n in range(200):
+            assert received.values[n] == (10.0 + n * 0.5, n % 6)
+        stats = uplink.stats
+        assert stats.link == "connected" and stats.protocol == ("5" if mqtt5 else "3.1.1")
+        assert stats.records == 200 and stats.batches == len(received.batches)
+        assert stats.reconnects == 0 and stats.malformed == 0
+        sequences = [s for s, _ in received.batches]
+        assert sequences == sorted(set(sequences))
+
+
+async def test_most_urgent_first_and_unbatchable_dropped(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
+) -> None:
+    broker, received, _ = backend
+    async with UploadQueue(tmp_path / "q.db") as queue:
+        # Queued before the uplink starts, so that one take sees them all.
+        await queue.put(_items(range(0, 5), priority=7))
+        await queue.put([QueueItem("telemetry", 0, b"\xff\xff not a record", time.time())])
+        await queue.put(_items(range(5, 10), priority=1))
+        async with Uplink(_config(tmp_path, broker.port), queue) as uplink:
+            await _until(lambda: len(received.numbers()) == 10)
+            await _until(lambda: queue.stats.items == 0)
+            assert received.numbers() == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
+            assert uplink.stats.malformed == 1 and uplink.stats.records == 10
+
+
+async def test_broker_killed_and_restarted_loses_nothing(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
+) -> None:
+    broker, received, ready = backend
+    # Small batches, so that the kill lands mid-run with batches still queued.
+    config = _config(
+        tmp_path, broker.port, batch_max_bytes=512, take_max_bytes=2048, backoff_initial_s=0.5
+    )
+    total = 600
+    async with UploadQueue(tmp_path / "q.db") as queue, Uplink(config, queue) as uplink:
+        await queue.put(_items(range(total)))
+        uplink.notify()
+        await _until(lambda: len(received.batches) >= 3)
+        broker.kill()
+        await _until(lambda: uplink.stats.link == "disconnected")
+        await _until(lambda: uplink.stats.connect_failures >= 1)
+        assert queue.stats.items > 0, "the outage came too late to test anything"
+        # The subscriber reconnects within milliseconds; the uplink waits out its backoff
+        # (≥ 0.4 s), so nothing it publishes after the restart is missed by the subscriber.
+        broker.start()
+        await _until(ready.is_set)
+        await _until(lambda: queue.stats.items == 0)
+        await _until(lambda: len(set(received.numbers())) == total)
+
+        numbers = received.numbers()
+        assert set(numbers) == set(range(total))
+        # Duplicates only as whole batches carrying the same sequence number.
+        by_sequence: dict[int, list[int]] = {}
+        for sequence, ns in received.batches:
+            assert by_sequence.setdefault(sequence, ns) == ns
+        assert sorted(n for ns in by_sequence.values() for n in ns) == list(range(total))
+        for n in range(total):
+            assert received.values[n] == (10.0 + n * 0.5, n % 6)
+
+        stats = uplink.stats
+        assert stats.reconnects == 1 and stats.link == "connected"
+        assert stats.records == total and stats.batches == len(by_sequence)
+        # Every batch the subscriber saw was one publish: a first one or a counted resend.
+        assert len(received.batches) <= stats.batches + stats.resent
+        assert stats.last_error
+
+
+async def test_crash_before_ack_loses_nothing(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
+) -> None:
+    broker, received, _ = backend
+    total = 300
+    db = tmp_path / "q.db"
+    async with UploadQueue(db) as queue:
+        await queue.put(_items(range(total)))
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        str(db),
+        str(broker.port),
+        str(tmp_path / "sequence"),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), crashpoints.ENV_VAR: "uplink.before_ack:3"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        _, err = await child.communicate()
+    assert child.returncode == crashpoints.EXIT_STATUS, err.decode()
+    # The third batch reached the broker (and the subscriber) but was never acked.
+    await _until(lambda: len(received.batches) == 3)
+    crashed = received.batches[2][1]
+    sequences_before = [s for s, _ in received.batches]
+    async with UploadQueue(db) as queue:
+        remaining = total - len(received.batches[0][1]) - len(received.batches[1][1])
+        assert queue.stats.items == remaining
+        async with Uplink(_config(tmp_path, broker.port, batch_max_bytes=512), queue) as uplink:
+            await _until(lambda: queue.stats.items == 0)
+            await _until(lambda: uplink.stats.records == remaining)
+    numbers = received.numbers()
+    assert set(numbers) == set(range(total))
+    # Only the crashed batch's records came twice (in a new batch: its grouping was in memory),
+    # and the restarted counter never reused a sequence number.
+    assert sorted(numbers) == sorted([*range(total), *crashed])
+    later = [s for s, _ in received.batches[3:]]
+    assert min(later) > max(sequences_before)
+
+
+def _issue(
+    directory: Path,
+    name: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ip: str | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A key and certificate in *directory* (``<name>.pem``, ``<name>.key``); self-signed CA if
+    *issuer* is None."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if ip is not None:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
+        builder = builder.add_extension(san, critical=False)
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key
+
+
+async def test_tls_with_client_certificate(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = _issue(pki, "ca", None)
+    _issue(pki, "server", ca, ip="127.0.0.1")
+    _issue(pki, "vehicle", ca)
+    _issue(pki, "other-ca", None)  # trusted by nobody: a server signed by it must be refused
+    (tmp_path / "broker").mkdir()
+    tls = (
+        f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\nkeyfile {pki / 'server.key'}\n"
+        "require_certificate true\n" + ("user root\n" if os.geteuid() == 0 else "")
+        # As root, Mosquitto drops to user "mosquitto", which cannot read pytest's private
+        # temporary directory; this broker is a loopback test fixture, so it may stay root.
+    )
+    with MosquittoBroker(tmp_path / "broker", extra_config=tls) as broker:
+        vehicle = {
+            "tls_cert_file": pki / "vehicle.pem",
+            "tls_key_file": pki / "vehicle.key",
+        }
+        subscriber_tls = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        subscriber_tls.load_cert_chain(pki / "vehicle.pem", pki / "vehicle.key")
+        async with (
+            aiomqtt.Client(
+                "127.0.0.1", broker.port, identifier="tls-backend", tls_context=subscriber_tls
+            ) as sub,
+            UploadQueue(tmp_path / "q.db") as queue,
+        ):
+            await sub.subscribe(TOPIC, qos=1)
+            await queue.put(_items(range(10)))
+            # A server whose certificate the configured CA did not sign: never connected.
+            wrong = _config(tmp_path, broker.port, tls_ca_file=pki / "other-ca.pem", **vehicle)
+            async with Uplink(wrong, queue) as uplink:
+                await _until(lambda: uplink.stats.connect_failures >= 1)
+                assert uplink.stats.link == "disconnected" and "CERTIFICATE" in (
+                    uplink.stats.last_error.upper()
+                )
+            assert queue.stats.items == 10
+            right = _config(tmp_path, broker.port, tls_ca_file=pki / "ca.pem", **vehicle)
+            async with Uplink(right, queue) as uplink, asyncio.timeout(10):
+                async for message in sub.messages:
+                    assert isinstance(message.payload, bytes)
+                    batch = decode_batch(message.payload)
+                    assert [r.series[0].ints.values[0] for r in batch.records] == list(range(10))
+                    break
+                await _until(lambda: queue.stats.items == 0)
+                assert uplink.stats.records == 10
+
+
+async def test_a_failing_queue_ends_the_uplink_and_its_body(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
+) -> None:
+    broker, _, _ = backend
+    queue = UploadQueue(tmp_path / "q.db")
+    await queue.open()
+    with pytest.raises(ExceptionGroup) as raised:
+        async with Uplink(_config(tmp_path, broker.port), queue) as uplink:
+            await _until(lambda: uplink.stats.link == "connected")
+            await queue.aclose()
+            uplink.notify()
+            await asyncio.Event().wait()  # cancelled by the uplink's failure
+    assert raised.group_contains(QueueError)
+
+
+def test_uplink_crash_point_is_listed() -> None:
+    names = {p.name for p in crashpoints.all_crashpoints()}
+    assert "uplink.before_ack" in names
+
+
+def test_config_rejects_long_keepalive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="keepalive_s"):
+        _config(tmp_path, 1883, keepalive_s=60)
+    assert _config(tmp_path, 1883).topic_prefix == f"vehicles/{VEHICLE}/"
