@@ -69,3 +69,21 @@ def kind_of_value(value: object) -> str:
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return "a date-time"
     return type(value).__name__
+
+
+def describe_toml_error(error: Exception, text: str) -> tuple[str, int | None]:
+    """A tomllib syntax error as ``(problem, line)`` for a located error message.
+
+    Python 3.11's ``TOMLDecodeError`` has no line attribute; its message ends
+    ``(at line N, column M)`` or ``(at end of document)``.
+    """
+    import re
+
+    message = str(error)
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if m is not None:
+        return message[: m.start()], int(m.group(1))
+    if message.endswith(" (at end of document)"):
+        problem = message[: -len(" (at end of document)")] + " at the end of the document"
+        return problem, max(1, len(text.splitlines()))
+    return message, None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 import can
 
+from agent.backoff import Backoff
 from agent.busurl import BusSpec, open_bus
 from agent.errors import BusError, UsageError
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 _SOFTWARE_FILTERED = frozenset({"virtual", "socketcand", "slcan", "serial", "udp_multicast"})
 
 Batch = list[can.Message]
+
+__all__ = ["Backoff", "BusStats", "FrameSource", "id_filters"]
 
 
 class _SplitFrameNoise(logging.Filter):
@@ -82,22 +84,6 @@ class BusStats:
     last_error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Reopen delays: ``initial`` doubling up to ``maximum``, each with ±``jitter`` fraction."""
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    jitter: float = 0.2
-
-    def delays(self) -> Iterable[float]:
-        """An endless sequence of delays."""
-        delay = self.initial
-        while True:
-            yield delay * (1.0 + random.uniform(-self.jitter, self.jitter))
-            delay = min(delay * 2.0, self.maximum)
-
-
 def id_filters(frame_ids: Iterable[int]) -> list[dict[str, int | bool]]:
     """python-can filter dicts that pass exactly *frame_ids* (ids above 0x7FF are extended)."""
     return [
@@ -140,7 +126,7 @@ class _BusReader:
         return open_bus(self.spec, can_filters=filters)
 
     def _run(self) -> None:
-        delays = iter(self._backoff.delays())
+        delays = self._backoff.delays()
         first = True
         while not self._stop.is_set():
             try:
@@ -156,7 +142,7 @@ class _BusReader:
             self.stats.is_open = True
             self._failures_in_row = 0
             self.opened.set()
-            delays = iter(self._backoff.delays())
+            delays = self._backoff.delays()
             try:
                 self._drain(self._bus)
             except (can.CanError, OSError, ValueError, BusError) as e:

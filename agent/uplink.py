@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 import time
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,7 @@ from typing import Final, Literal
 import aiomqtt
 
 from agent import crashpoints
+from agent.backoff import Backoff
 from agent.telemetry_codec import (
     DEFAULT_MAX_BYTES,
     Batch,
@@ -136,10 +136,8 @@ class UplinkConfig:
 
     def backoff_delays(self) -> Iterator[float]:
         """Reconnect delays: initial, doubling up to the maximum, each ± the jitter fraction."""
-        delay = self.backoff_initial_s
-        while True:
-            yield delay * (1.0 + random.uniform(-self.backoff_jitter, self.backoff_jitter))
-            delay = min(delay * 2.0, self.backoff_max_s)
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s, self.backoff_jitter)
+        return backoff.delays()
 
 
 @dataclass(slots=True)

@@ -67,6 +67,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from agent.errors import describe_toml_error
 from agent.errors import kind_of_value as _kind
 from sim.errors import ScenarioError
 
@@ -252,19 +253,12 @@ def load_scenario(name_or_path: str | os.PathLike[str]) -> Scenario:
     return parse_scenario(text, source=text_name)
 
 
-_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-
-
 def parse_scenario(text: str, source: str = "<string>") -> Scenario:
     """Parse and validate scenario TOML *text*; *source* names it in error messages."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        # Python 3.11's TOMLDecodeError has no line attribute; its message ends "(at line N, …)".
-        message = str(e)
-        m = _TOML_POS_RE.search(message)
-        line = int(m.group(1)) if m else None
-        problem = message[: m.start()] if m else message
+        problem, line = describe_toml_error(e, text)
         raise ScenarioError(source, None, f"TOML syntax error: {problem}", line=line) from None
     return _Builder(text, source).scenario(data)
 

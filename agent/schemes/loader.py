@@ -71,6 +71,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+from agent.errors import describe_toml_error
 from agent.errors import kind_of_value as _kind
 from agent.schemes.errors import ExpressionError, SchemeError
 from agent.schemes.expression import Expression, parse_expression
@@ -124,7 +125,6 @@ _KIND_KEYS: Final = {
     ),
 }
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
-_TOML_POS_RE: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
 def load_schemes(path: str | os.PathLike[str]) -> tuple[Scheme, ...]:
@@ -144,14 +144,7 @@ def parse_schemes(text: str, source: str = "<string>") -> tuple[Scheme, ...]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        # Python 3.11's TOMLDecodeError has no line attribute; its message ends "(at line N, …)".
-        message = str(e)
-        m = _TOML_POS_RE.search(message)
-        line = int(m.group(1)) if m else None
-        problem = message[: m.start()] if m else message
-        if m is None and message.endswith(" (at end of document)"):
-            line = max(1, len(text.splitlines()))
-            problem = message[: -len(" (at end of document)")] + " at the end of the document"
+        problem, line = describe_toml_error(e, text)
         raise SchemeError(source, None, f"TOML syntax error: {problem}", line=line) from None
     return _Builder(text, source).document(data)
 
