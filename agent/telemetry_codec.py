@@ -62,6 +62,7 @@ import zstandard
 from google.protobuf.message import DecodeError
 
 from agent import crashpoints
+from agent.durable_file import write_durably
 from agent.errors import InputError
 from agent.proto.tbox.v1 import (
     SCHEMA_VERSION,
@@ -654,21 +655,12 @@ class SequenceCounter:
             return number
 
     def _persist(self, reserved: int) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, f"{reserved}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        RESERVE_WRITTEN.hit()
-        tmp.replace(self.path)
-        RESERVE_RENAMED.hit()
-        # The rename is durable only once the directory entry is: without this fsync a power cut
-        # could bring back the old reservation, and numbers handed out since would be reused.
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # Durable rename: without the directory fsync a power cut could bring back the old
+        # reservation, and numbers handed out since would be reused.
+        write_durably(
+            self.path,
+            f"{reserved}\n".encode("ascii"),
+            written=RESERVE_WRITTEN,
+            renamed=RESERVE_RENAMED,
+        )
         self._reserved = reserved

@@ -27,6 +27,14 @@ Protocol
     back to 3.1.1 for the rest of its life. TLS, when configured, always verifies the server's
     certificate and host name; a client certificate is sent when one is configured.
 
+Side channel
+    Besides queued records, the uplink carries small messages that must not wait behind a
+    backlog nor survive a restart: command results and the retained ``state`` message
+    (:meth:`Uplink.publish_soon`). They are kept in memory (latest per key; results bounded) and
+    published, before any queued batch, as soon as the link is up. Topics listed in
+    ``UplinkConfig.subscriptions`` are subscribed (QoS 1, MQTT 5 "no local") on every connection;
+    what arrives on them is read with ``async for message in uplink.messages()``.
+
 Records that can never be batched (:class:`UnbatchableRecordError`: malformed, or too large
 even alone) are acked — removed from the queue — and counted in :attr:`UplinkStats.malformed`.
 """
@@ -37,13 +45,16 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import aiomqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import crashpoints
 from agent.backoff import Backoff
@@ -106,6 +117,9 @@ class UplinkConfig:
     backoff_jitter: float = 0.2
     publish_timeout_s: float = 30.0
     idle_poll_s: float = 1.0
+    subscriptions: tuple[str, ...] = ()
+    incoming_max: int = 64
+    outbox_max: int = 256
 
     def __post_init__(self) -> None:
         if not 1 <= self.keepalive_s <= MAX_KEEPALIVE_S:
@@ -146,21 +160,86 @@ class UplinkStats:
 
     ``bytes`` counts payload bytes of acknowledged batches; ``records`` counts records in
     acknowledged batches; ``resent`` counts batches published again after a link loss;
-    ``reconnects`` counts connections made after the first; ``connect_failures`` counts failed
-    attempts; ``malformed`` counts records dropped as unbatchable.
+    ``refused`` counts publishes the broker refused (PUBACK failure code, e.g. an ACL denial:
+    the records stay queued); ``reconnects`` counts connections made after the first;
+    ``connect_failures`` counts failed attempts; ``malformed`` counts records dropped as
+    unbatchable. ``side_published`` and ``side_dropped`` count side-channel messages published
+    and pushed out of a full outbox;
+    ``incoming`` and ``incoming_dropped`` count messages received on the subscriptions and those
+    dropped because nobody read them fast enough. ``subscribed`` is true while connected with
+    every subscription acknowledged.
     """
 
     batches: int = 0
     records: int = 0
     bytes: int = 0
     resent: int = 0
+    refused: int = 0
     malformed: int = 0
+    side_published: int = 0
+    side_dropped: int = 0
+    incoming: int = 0
+    incoming_dropped: int = 0
     reconnects: int = 0
     connect_failures: int = 0
     link: Literal["connected", "disconnected"] = "disconnected"
+    subscribed: bool = False
     protocol: str = "5"
     last_error: str = ""
     by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class PublishRefusedError(aiomqtt.MqttError):
+    """The broker answered a QoS 1 publish with a failure reason code (MQTT 5 PUBACK ≥ 0x80).
+
+    Mosquitto does so for a topic its ACL denies (0x87 "Not authorized"). The message was not
+    accepted: its records stay queued, and the uplink reconnects with backoff as after a link loss.
+    """
+
+
+class _CheckedClient(aiomqtt.Client):
+    """An aiomqtt client that notices PUBACK failure reason codes.
+
+    aiomqtt resolves a publish on any PUBACK, whatever its reason code; a refused batch would be
+    taken as delivered and deleted from the queue. The uplink publishes one message at a time, so
+    a refusal recorded while a publish is awaited belongs to that publish.
+    """
+
+    refusal: str | None = None
+
+    def _on_publish(
+        self,
+        client: Any,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        if reason_code.is_failure:
+            self.refusal = f"{reason_code} (0x{reason_code.value:02X})"
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish with QoS 1; :class:`PublishRefusedError` if the broker refused it."""
+        self.refusal = None
+        await self.publish(topic, payload, qos=1, retain=retain)
+        if self.refusal is not None:
+            raise PublishRefusedError(f"broker refused the publish to {topic}: {self.refusal}")
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A message received on one of the uplink's subscriptions."""
+
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _SideMessage:
+    topic: str
+    payload: bytes
+    retain: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +285,41 @@ class Uplink:
         self._group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected_once = False
+        # Side channel: keyed messages replace their predecessor; unkeyed ones get a fresh key.
+        self._outbox: dict[object, _SideMessage] = {}
+        self._incoming: asyncio.Queue[IncomingMessage] = asyncio.Queue(config.incoming_max)
 
     def notify(self) -> None:
         """Tell the uplink that new items were queued (wakes it if it is idle)."""
         self._wakeup.set()
+
+    def next_sequence(self) -> int:
+        """A number from the vehicle's batch sequence, for a side-channel message."""
+        if self._sequence is None:
+            raise RuntimeError("the uplink is not started")
+        return self._sequence.next()
+
+    def publish_soon(
+        self, suffix: str, payload: bytes, *, retain: bool = False, key: str | None = None
+    ) -> None:
+        """Publish *payload* to ``vehicles/<id>/<suffix>`` (QoS 1) once the link is up.
+
+        A message with the *key* of one still waiting replaces it (the retained state: only the
+        newest matters). Held in memory only; when more than ``outbox_max`` wait, the oldest is
+        dropped and counted.
+        """
+        slot: object = key if key is not None else object()
+        self._outbox.pop(slot, None)
+        self._outbox[slot] = _SideMessage(self.config.topic_prefix + suffix, payload, retain)
+        while len(self._outbox) > self.config.outbox_max:
+            del self._outbox[next(iter(self._outbox))]
+            self.stats.side_dropped += 1
+        self._wakeup.set()
+
+    async def messages(self) -> AsyncIterator[IncomingMessage]:
+        """Messages received on ``UplinkConfig.subscriptions``, across reconnections."""
+        while True:
+            yield await self._incoming.get()
 
     async def __aenter__(self) -> Uplink:
         # Opened here, not in the task, so that a bad TLS file or sequence file fails loudly at
@@ -250,9 +360,9 @@ class Uplink:
             context.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
         return context
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> _CheckedClient:
         cfg = self.config
-        return aiomqtt.Client(
+        return _CheckedClient(
             cfg.host,
             cfg.port,
             identifier=cfg.client_id or f"tbox-{cfg.vehicle_id}",
@@ -281,7 +391,12 @@ class Uplink:
                         tg.create_task(self._drain(client))
             except* aiomqtt.MqttError as group:
                 error = group.exceptions[0]
+                if isinstance(error, PublishRefusedError):
+                    # Not a link problem, but retrying at once would hammer the broker with a
+                    # batch it refuses: back off as after a link loss; the records stay queued.
+                    self.stats.refused += 1
             self.stats.link = "disconnected"
+            self.stats.subscribed = False
             if error is None:  # pragma: no cover - both session tasks run until they fail
                 continue
             self.stats.last_error = f"{type(error).__name__}: {error}"
@@ -310,17 +425,30 @@ class Uplink:
         self.stats.protocol = "3.1.1"
         return True
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
-        # We subscribe to nothing: iterating the message stream only serves to raise MqttError
-        # the moment the connection drops, which cancels a publish waiting for its PUBACK.
-        async for _ in client.messages:
-            pass
+    async def _watch(self, client: _CheckedClient) -> None:
+        # Iterating the message stream also raises MqttError the moment the connection drops,
+        # which cancels a publish waiting for its PUBACK.
+        for topic in self.config.subscriptions:
+            if self._protocol == aiomqtt.ProtocolVersion.V5:
+                # no_local: a subscription to cmd/# must not hand us our own cmd/<kind>/result.
+                options = SubscribeOptions(qos=1, noLocal=True)
+                await client.subscribe(topic, options=options)
+            else:
+                await client.subscribe(topic, qos=1)
+        self.stats.subscribed = True
+        async for message in client.messages:
+            self.stats.incoming += 1
+            try:
+                self._incoming.put_nowait(IncomingMessage(str(message.topic), message.payload))
+            except asyncio.QueueFull:
+                self.stats.incoming_dropped += 1
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
+    async def _drain(self, client: _CheckedClient) -> None:
         await self._settle()
         while True:
             # Cleared before looking, so that a notify() during the take is not lost.
             self._wakeup.clear()
+            await self._publish_side(client)
             items = await self._queue.take(self.config.take_max_bytes, kinds=KINDS)
             if not items:
                 self._in_flight = None
@@ -369,15 +497,25 @@ class Uplink:
         self._in_flight = _InFlight(kind, ids, batch)
         return self._in_flight
 
-    async def _publish(self, client: aiomqtt.Client, in_flight: _InFlight) -> None:
-        await client.publish(
-            self.config.topic_prefix + in_flight.kind, in_flight.batch.payload, qos=1
+    async def _publish(self, client: _CheckedClient, in_flight: _InFlight) -> None:
+        await client.publish_checked(
+            self.config.topic_prefix + in_flight.kind, in_flight.batch.payload
         )
         # PUBACK received: the broker owns the batch now, it must never be resent.
         self._in_flight = None
         self._delivered = in_flight
         CP_BEFORE_ACK.hit()
         await self._settle()
+
+    async def _publish_side(self, client: _CheckedClient) -> None:
+        while self._outbox:
+            slot, message = next(iter(self._outbox.items()))
+            await client.publish_checked(message.topic, message.payload, retain=message.retain)
+            # Only now: a link loss during the publish leaves it waiting for the next connection.
+            # A newer message with the same key may have replaced it meanwhile; keep that one.
+            if self._outbox.get(slot) is message:
+                del self._outbox[slot]
+            self.stats.side_published += 1
 
     async def _settle(self) -> None:
         """Ack the batch the broker acknowledged, and count it, once.

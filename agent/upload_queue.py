@@ -63,6 +63,7 @@ from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 from agent import crashpoints
+from agent.durable_file import fsync_dir
 from agent.errors import TboxError
 
 log = logging.getLogger(__name__)
@@ -313,15 +314,6 @@ def _is_locked(error: sqlite3.Error) -> bool:
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # A new or renamed file survives a power cut only once its directory entry is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Store:
     """The SQLite side: every method runs in the writer thread and owns the connection."""
 
@@ -411,7 +403,7 @@ class _Store:
                 conn.execute("ROLLBACK")
             raise
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self.ledger = {
             **dict.fromkeys(DROP_REASONS, 0),
             **dict(conn.execute("SELECT reason, count FROM ledger")),
@@ -453,7 +445,7 @@ class _Store:
                 if source.exists():
                     source.rename(f"{aside}{suffix}")
             Path(f"{self.path}-shm").unlink(missing_ok=True)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as e:
             raise QueueError(f"cannot move corrupt upload queue {self.path} aside: {e}") from e
         CP_MOVED_ASIDE.hit()

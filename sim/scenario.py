@@ -69,6 +69,7 @@ from typing import Any
 
 from agent.errors import describe_toml_error
 from agent.errors import kind_of_value as _kind
+from agent.toml_lines import line_of, split_dotted_key
 from sim.errors import ScenarioError
 
 __all__ = [
@@ -545,39 +546,17 @@ class _Builder:
         )
 
 
-_HEADER_RE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
-_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
-
-
 def _locate(text: str, key: str) -> int | None:
     """Best-effort 1-based line of a dotted key such as ``phase[2].turn.steering_deg``.
 
-    tomllib does not report positions of values, so this scans the text: it finds the table
-    header (counting ``[[phase]]`` occurrences for the index) and then the first line that
-    assigns the key's first component inside that table. Returns ``None`` when unsure.
+    The line assigning the key or, in an inline table, the key holding it; never the header of
+    its ``[[phase]]`` or ``[initial]`` table, where a missing key is not. ``None`` when unsure.
     """
-    parts = key.split(".")
-    m = re.fullmatch(r"(\w+)\[(\d+)\]", parts[0])
-    if m:
-        table, wanted, rest = m.group(1), int(m.group(2)), parts[1:]
-    elif len(parts) > 1 and parts[0] == "initial":
-        table, wanted, rest = "initial", 0, parts[1:]
+    path = split_dotted_key(key)
+    if len(path) > 1 and isinstance(path[1], int):
+        table_depth = 2
+    elif len(path) > 1 and path[0] == "initial":
+        table_depth = 1
     else:
-        table, wanted, rest = "", 0, parts
-    if not rest:
-        return None
-    current, seen = "", -1
-    in_target = table == ""
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER_RE.match(line)
-        if header:
-            current = header.group(1)
-            if current == table:
-                seen += 1
-            in_target = current == table and seen == wanted
-            continue
-        if in_target and current == table:
-            km = _KEY_RE.match(line)
-            if km and km.group(1) == rest[0]:
-                return lineno
-    return None
+        table_depth = 0
+    return line_of(text, path, min_depth=table_depth + 1)

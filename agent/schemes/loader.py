@@ -86,6 +86,7 @@ from agent.schemes.model import (
     SignalRef,
     SignalSpec,
 )
+from agent.toml_lines import line_in_value, line_of
 
 __all__ = [
     "FORMAT_VERSION",
@@ -423,69 +424,26 @@ class _Builder:
             self.fail(i, "condition", str(e))
 
 
-_HEADER_RE: Final = re.compile(r"^\s*\[(\[?)([^\[\]]*)\]")
-_KEY_RE: Final = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*[=.]""")
-
-
-def _header_name(raw: str) -> str:
-    return ".".join(part.strip().strip("\"'") for part in raw.split("."))
-
-
 def _locate(
     text: str, index: int | None, key: str | None, hint: str | None, nth: int = 1
 ) -> int | None:
     """Best-effort 1-based line of ``scheme[index].key`` (or top-level ``key``) in TOML *text*.
 
-    tomllib reports no positions for values, so this scans the text: it counts ``[[scheme]]``
-    headers to find the scheme's table, then the first line assigning *key* in it (or a
-    ``[scheme.key]`` sub-table). With *hint* (an offending list element or table key), the line
+    The line assigning *key* in the scheme's table (or its ``[scheme.key]`` sub-table), else the
+    scheme's ``[[scheme]]`` line. With *hint* (an offending list element or table key), the line
     of its *nth* occurrence in the value is preferred, for values spread over several lines.
-    Falls back to the
-    scheme's ``[[scheme]]`` line; returns None when even that is unknown.
     """
-    lines = text.splitlines()
-    scheme = -1
-    table = ""
-    header_line: int | None = None
-    found: int | None = None
-    for n, line in enumerate(lines, start=1):
-        header = _HEADER_RE.match(line)
-        if header:
-            name = _header_name(header.group(2))
-            if header.group(1) and name == "scheme":
-                scheme += 1
-                table = "scheme"
-                if scheme == index:
-                    header_line = n
-            else:
-                table = name
-                if index is not None and scheme == index and name == f"scheme.{key}":
-                    found = n
-                    break
-            continue
+    if index is None:
         if key is None:
-            continue
-        here = (index is None and table == "") or (table == "scheme" and scheme == index)
-        if here:
-            m = _KEY_RE.match(line)
-            if m and m.group(1).strip("\"'") == key:
-                found = n
-                break
-    if found is None:
-        return header_line
+            return None
+        path: tuple[str | int, ...] = (key,)
+    else:
+        path = ("scheme", index) if key is None else ("scheme", index, key)
     if hint:
         # The hint as a whole name, not part of a longer one ("A" is not in "GAS.A_B").
         pattern = re.compile(rf"(?<![\w.:]){re.escape(hint)}(?![\w.:])")
-        # A [scheme.key] sub-table ends at the next header; a key's value at the next key.
-        in_table = _HEADER_RE.match(lines[found - 1]) is not None
-        seen = 0
-        for n in range(found, len(lines) + 1):
-            line = lines[n - 1]
-            if n > found and (_HEADER_RE.match(line) or (not in_table and _KEY_RE.match(line))):
-                break
-            if n == found and not in_table:
-                line = line.split("=", 1)[1]  # not the key itself
-            seen += len(pattern.findall(line))
-            if seen >= nth:
-                return n
-    return found
+        line = line_in_value(text, path, pattern, nth)
+        if line is not None:
+            return line
+    # Never a document-level line for a scheme's key: only the scheme's own table counts.
+    return line_of(text, path, min_depth=1 if index is None else 2)

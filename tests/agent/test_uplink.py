@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import ssl
 import sys
@@ -15,16 +13,13 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent import crashpoints
 from agent.telemetry_codec import decode_batch, encode_record
 from agent.uplink import Uplink, UplinkConfig
 from agent.upload_queue import QueueError, QueueItem, UploadQueue
 from tests.mosquitto_broker import MosquittoBroker, mosquitto_binary
+from tests.pki import issue
 
 pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto")
 
@@ -273,50 +268,13 @@ async def test_crash_before_ack_loses_nothing(
     assert min(later) > max(sequences_before)
 
 
-def _issue(
-    directory: Path,
-    name: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ip: str | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A key and certificate in *directory* (``<name>.pem``, ``<name>.key``); self-signed CA if
-    *issuer* is None."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer[0].subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if ip is not None:
-        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
-        builder = builder.add_extension(san, critical=False)
-    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key
-
-
 async def test_tls_with_client_certificate(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
-    ca = _issue(pki, "ca", None)
-    _issue(pki, "server", ca, ip="127.0.0.1")
-    _issue(pki, "vehicle", ca)
-    _issue(pki, "other-ca", None)  # trusted by nobody: a server signed by it must be refused
+    ca = issue(pki, "ca", None)
+    issue(pki, "server", ca, ip="127.0.0.1")
+    issue(pki, "vehicle", ca)
+    issue(pki, "other-ca", None)  # trusted by nobody: a server signed by it must be refused
     (tmp_path / "broker").mkdir()
     tls = (
         f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\nkeyfile {pki / 'server.key'}\n"

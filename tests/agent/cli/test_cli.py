@@ -19,6 +19,10 @@ SUBCOMMANDS = [
     ["sim", "record"],
     ["debug"],
     ["debug", "crashpoints"],
+    ["run"],
+    ["demo"],
+    ["status"],
+    ["check-config"],
 ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from tests.mosquitto_broker import MosquittoBroker
+from agent.local_broker import LocalBroker as MosquittoBroker
 
 
 async def _round_trip(port: int, topic: str, payload: bytes) -> bytes:

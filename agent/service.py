@@ -1,0 +1,451 @@
+"""The agent process: builds every stage from the configuration, runs them, stops them in stages.
+
+:class:`AgentService` is the supervisor of ``tbox run``. Start-up, in order — anything wrong
+stops the start with an explained error before a single frame is read:
+
+1. the state directory, the DBC files per bus, the scheme set (pushed schemes persisted in the
+   state directory win over the configured files) and the trusted command keys;
+2. the :class:`~agent.upload_queue.UploadQueue` (SQLite, its own thread);
+3. the :class:`~agent.uplink.Uplink` (MQTT; subscribes ``vehicles/<id>/cmd/#``);
+4. the :class:`~agent.status_endpoint.StatusEndpoint` (``tbox status``, Prometheus);
+5. the :class:`~agent.frame_source.FrameSource` (one reader thread per bus).
+
+Then, in one :class:`asyncio.TaskGroup`: *intake* (frame batches → :class:`TelemetryPipeline` →
+queue), *ticker* (timers when buses are quiet, the retained ``state`` topic) and *commands*
+(:class:`~agent.command_channel.CommandChannel`).
+
+Shutdown (SIGTERM, Ctrl-C, or a failed stage) runs the stages in reverse, each bounded by
+``[shutdown] stage_timeout_s``: stop reading the buses; close open capture windows and commit
+their records; stop the uplink (what it has not delivered stays queued); close the status
+endpoint; close the queue. A stage that overruns is cut short with a warning; records the queue
+accepted are on disk whatever happens (contract C6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+
+from agent.command_channel import CommandChannel, CommandFailed
+from agent.commands import CommandVerifier, VerifiedCommand, load_trusted_keys
+from agent.config.model import AgentConfig
+from agent.durable_file import write_durably
+from agent.errors import InputError
+from agent.frame_source import FrameSource
+from agent.pipeline import TelemetryPipeline
+from agent.proto.tbox.v1 import SCHEMA_VERSION, SignalState, StateUpdate
+from agent.schemes import CollectedRecord, Sample, Scheme, load_schemes, parse_schemes
+from agent.status_endpoint import StatusEndpoint
+from agent.telemetry_codec import encode_record
+from agent.uplink import Uplink
+from agent.upload_queue import DROP_REASONS, QueueItem, UploadQueue
+
+__all__ = ["AgentService", "running"]
+
+log = logging.getLogger(__name__)
+
+_TICK_S: Final = 0.05
+_MICROS: Final = 1_000_000
+#: Largest ``cmd/schemes`` body accepted (the command's own size limit applies first).
+_MAX_SCHEMES_BYTES: Final = 256 * 1024
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tbox-agent")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def _signal_state(sample: Sample) -> SignalState:
+    state = SignalState(signal=sample.signal, time_us=round(sample.t * _MICROS))
+    value = sample.value
+    if isinstance(value, str):
+        state.string_value = value
+    elif isinstance(value, bool | int):
+        if value >= 1 << 63:
+            state.uint_value = int(value)
+        else:
+            state.int_value = int(value)
+    else:
+        state.double_value = float(value)
+    return state
+
+
+class AgentService:
+    """The running agent; :meth:`run` serves until cancelled, then shuts down in stages."""
+
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self._started = clock()
+        self._version = _version()
+        self.pipeline: TelemetryPipeline | None = None
+        self._queue: UploadQueue | None = None
+        self._uplink: Uplink | None = None
+        self._source: FrameSource | None = None
+        self._channel: CommandChannel | None = None
+        self._scheme_source = "files"
+        self._queued = 0
+        self._encode_errors = 0
+        # Bus time keeps running between frames: the last frame's time plus the monotonic time
+        # since it arrived (the buses' clock may be a replayed log's, not the wall clock).
+        self._bus_t: float | None = None
+        self._bus_mono = 0.0
+        self._state_published = -float("inf")
+        self._ready = asyncio.Event()
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def wait_ready(self) -> None:
+        """Return once every stage is started (for tests and ``tbox demo``)."""
+        await self._ready.wait()
+
+    async def run(self) -> None:
+        """Start every stage and serve until cancelled; then stop them in stages."""
+        cfg = self.config
+        await asyncio.to_thread(cfg.state_dir.mkdir, parents=True, exist_ok=True)
+        dbcs, schemes, keys = await asyncio.to_thread(self._load_inputs)
+        self.pipeline = TelemetryPipeline(
+            dbcs,
+            schemes,
+            state_signals=cfg.state.signals,
+            state_interval_ms=cfg.state.min_interval_ms,
+        )
+        verifier = CommandVerifier(
+            keys,
+            cfg.vehicle_id,
+            max_bytes=cfg.commands.max_bytes,
+            max_skew=cfg.commands.max_skew_s,
+            max_lifetime=cfg.commands.max_lifetime_s,
+        )
+        uplink_config = replace(
+            cfg.uplink_config(), subscriptions=(f"vehicles/{cfg.vehicle_id}/cmd/#",)
+        )
+        timeout = cfg.shutdown.stage_timeout_s
+        queue = UploadQueue(cfg.queue.path, max_bytes=cfg.queue.max_bytes, clock=self._clock)
+        await queue.open()
+        self._queue = queue
+        try:
+            async with Uplink(uplink_config, queue) as uplink:
+                self._uplink = uplink
+                self._channel = CommandChannel(verifier, self._handlers(), uplink)
+                try:
+                    await self._serve(uplink)
+                finally:
+                    # Leaving the block stops the uplink: what it has not delivered stays queued.
+                    self._channel = None
+        finally:
+            self._uplink = None
+            await self._stage("queue", queue.aclose(), timeout)
+            self._queue = None
+            log.info("agent stopped")
+
+    async def _serve(self, uplink: Uplink) -> None:
+        cfg = self.config
+        pipeline = self.pipeline
+        assert pipeline is not None
+        timeout = cfg.shutdown.stage_timeout_s
+        status = StatusEndpoint(
+            self.snapshot, socket_path=cfg.status.socket, prometheus=cfg.status.prometheus
+        )
+        async with status:
+            source = FrameSource([bus.spec for bus in cfg.buses], frame_ids=pipeline.frame_ids())
+            await source.__aenter__()
+            self._source = source
+            try:
+                log.info(
+                    "agent %s started: %d buses, %d schemes (%s), broker %s:%d",
+                    cfg.vehicle_id,
+                    len(cfg.buses),
+                    len(pipeline.schemes),
+                    self._scheme_source,
+                    cfg.mqtt.host,
+                    cfg.mqtt.port,
+                )
+                self._ready.set()
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._intake(source), name="agent-intake")
+                    tasks.create_task(self._ticker(), name="agent-ticker")
+                    channel = self._channel
+                    assert channel is not None
+                    tasks.create_task(channel.run(uplink.messages), name="agent-commands")
+            finally:
+                await self._stage("intake", source.aclose(grace=timeout), timeout)
+                await self._stage("collect", self._commit(pipeline.flush()), timeout)
+
+    @staticmethod
+    async def _stage(name: str, step: Awaitable[object], limit_s: float) -> None:
+        try:
+            async with asyncio.timeout(limit_s):
+                await step
+        except TimeoutError:
+            log.warning("shutdown: stage %r took longer than %g s; cut short", name, limit_s)
+
+    # -- start-up inputs (in a thread: file I/O and DBC parsing) -------------------------------
+
+    def _load_inputs(self) -> tuple[dict[str, list[Any]], tuple[Scheme, ...], dict[str, Any]]:
+        from can_dbc import load_dbc
+
+        cache: dict[Path, Any] = {}
+        dbcs: dict[str, list[Any]] = {}
+        for bus in self.config.buses:
+            for path in bus.dbc:
+                if path not in cache:
+                    cache[path] = load_dbc(path).database
+            dbcs[bus.name] = [cache[p] for p in bus.dbc]
+        keys = load_trusted_keys(dict(self.config.commands.trusted_keys))
+        return dbcs, self._initial_schemes(), keys
+
+    def _initial_schemes(self) -> tuple[Scheme, ...]:
+        cfg = self.config
+        pushed = cfg.pushed_schemes_file
+        if cfg.schemes.accept_pushed and pushed.exists():
+            try:
+                schemes = load_schemes(pushed)
+            except InputError as e:
+                # It was valid when written (durably, atomically); if it is not now, the files
+                # are a better fallback than refusing to start a vehicle's agent.
+                log.error("pushed schemes unusable, using the configured files: %s", e)
+            else:
+                self._scheme_source = "pushed"
+                return schemes
+        collected: list[Scheme] = []
+        for path in cfg.schemes.files:
+            collected.extend(load_schemes(path))
+        return tuple(collected)
+
+    # -- the data path -------------------------------------------------------------------------
+
+    async def _intake(self, source: FrameSource) -> None:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        async for batch in source:
+            records = pipeline.process(batch)
+            if batch:
+                self._bus_t = batch[-1].timestamp
+                self._bus_mono = time.monotonic()
+            if records:
+                await self._commit(records)
+
+    def _bus_now(self) -> float | None:
+        if self._bus_t is None:
+            return None
+        return self._bus_t + (time.monotonic() - self._bus_mono)
+
+    async def _ticker(self) -> None:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        while True:
+            await asyncio.sleep(_TICK_S)
+            now = self._bus_now()
+            if now is None:
+                continue
+            records = pipeline.tick(now)
+            if records:
+                await self._commit(records)
+            self._publish_state()
+
+    async def _commit(self, records: Iterable[CollectedRecord]) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        now = self._clock()
+        expires = now + self.config.queue.ttl_s
+        items: list[QueueItem] = []
+        for record in records:
+            try:
+                payload = encode_record(record)
+            except (ValueError, TypeError) as e:
+                self._encode_errors += 1
+                log.warning("scheme %s: record not encodable, dropped: %s", record.scheme_id, e)
+                continue
+            items.append(QueueItem("telemetry", record.priority, payload, now, expires))
+        if not items:
+            return
+        await queue.put(items)
+        self._queued += len(items)
+        if self._uplink is not None:
+            self._uplink.notify()
+
+    def _publish_state(self) -> None:
+        pipeline, uplink = self.pipeline, self._uplink
+        if pipeline is None or uplink is None:
+            return
+        now = time.monotonic()
+        if now - self._state_published < self.config.state.min_interval_ms / 1000:
+            return
+        snapshot = pipeline.take_state()
+        if snapshot is None:
+            return
+        self._state_published = now
+        self._send_state(snapshot.values())
+
+    def _send_state(self, samples: Iterable[Sample]) -> None:
+        """Publish the full last known state, retained; a newer one replaces it if still waiting."""
+        uplink = self._uplink
+        assert uplink is not None
+        update = StateUpdate(
+            vehicle_id=self.config.vehicle_id,
+            sequence=uplink.next_sequence(),
+            schema_version=SCHEMA_VERSION,
+            created_time_us=round(self._clock() * _MICROS),
+        )
+        update.signals.extend(_signal_state(s) for s in sorted(samples))
+        uplink.publish_soon("state", update.SerializeToString(), retain=True, key="state")
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Callable[[VerifiedCommand], Awaitable[str]]]:
+        return {"schemes": self._on_schemes, "ping": self._on_ping, "state": self._on_state}
+
+    async def _on_ping(self, command: VerifiedCommand) -> str:
+        return "pong"
+
+    async def _on_state(self, command: VerifiedCommand) -> str:
+        pipeline = self.pipeline
+        assert pipeline is not None
+        snapshot = pipeline.state_snapshot()
+        self._send_state(snapshot.values())
+        return f"state published ({len(snapshot)} signals)"
+
+    async def _on_schemes(self, command: VerifiedCommand) -> str:
+        """``cmd/schemes``: the body is a scheme document in TOML (the files' format)."""
+        if not self.config.schemes.accept_pushed:
+            raise CommandFailed(
+                "not_accepted",
+                "this vehicle does not accept pushed schemes (schemes.accept_pushed)",
+            )
+        if len(command.body) > _MAX_SCHEMES_BYTES:
+            raise CommandFailed("too_large", f"scheme document over {_MAX_SCHEMES_BYTES} bytes")
+        try:
+            text = command.body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CommandFailed("invalid_body", f"scheme document is not UTF-8 ({e})") from None
+        schemes = parse_schemes(text, source="cmd/schemes")
+        pipeline = self.pipeline
+        assert pipeline is not None
+        pipeline.check_schemes(schemes)  # unknown signals fail here, before anything changes
+        # Persisted before it takes effect: after a restart the vehicle collects what it last
+        # confirmed to the backend.
+        await asyncio.to_thread(
+            write_durably, self.config.pushed_schemes_file, text.encode("utf-8")
+        )
+        await self._commit(pipeline.replace_schemes(schemes))
+        self._scheme_source = "pushed"
+        ids = ", ".join(s.id for s in schemes) or "none"
+        return f"installed {len(schemes)} schemes: {ids}"
+
+    # -- status --------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status snapshot served to ``tbox status`` and Prometheus."""
+        cfg = self.config
+        source, queue, uplink, channel = self._source, self._queue, self._uplink, self._channel
+        pipeline = self.pipeline
+        buses: dict[str, Any] = {}
+        if source is not None:
+            for name, bus in source.stats.items():
+                buses[name] = {
+                    "url": bus.url,
+                    "open": bus.is_open,
+                    "frames": bus.frames,
+                    "filtered": bus.filtered,
+                    "errors": bus.errors,
+                    "reopens": bus.reopens,
+                    "last_error": bus.last_error,
+                }
+        p = pipeline.stats if pipeline is not None else None
+        result: dict[str, Any] = {
+            "vehicle_id": cfg.vehicle_id,
+            "version": self._version,
+            "pid": os.getpid(),
+            "uptime_s": round(self._clock() - self._started, 3),
+            "started": self._started,
+            "buses": buses,
+            "pipeline": {
+                "frames": p.frames if p else 0,
+                "decoded": p.decoded if p else 0,
+                "decode_errors": p.decode_errors if p else 0,
+                "records": p.records if p else 0,
+                "samples": p.samples if p else 0,
+                "queued": self._queued,
+                "encode_errors": self._encode_errors,
+                "state_updates": p.state_updates if p else 0,
+            },
+        }
+        if queue is not None:
+            stats = queue.stats
+            result["queue"] = {
+                "items": stats.items,
+                "bytes": stats.bytes,
+                "payload_bytes": stats.payload_bytes,
+                "max_bytes": stats.max_bytes,
+                "oldest_age_s": None if stats.oldest_age is None else round(stats.oldest_age, 3),
+                "dropped": {reason: queue.ledger.get(reason, 0) for reason in DROP_REASONS},
+            }
+        if uplink is not None:
+            u = uplink.stats
+            result["uplink"] = {
+                "link": u.link,
+                "subscribed": u.subscribed,
+                "protocol": u.protocol,
+                "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}",
+                "batches": u.batches,
+                "records": u.records,
+                "bytes": u.bytes,
+                "resent": u.resent,
+                "refused": u.refused,
+                "reconnects": u.reconnects,
+                "connect_failures": u.connect_failures,
+                "malformed": u.malformed,
+                "last_error": u.last_error,
+            }
+        if channel is not None:
+            c = channel.stats
+            result["commands"] = {
+                "received": c.received,
+                "accepted": c.accepted,
+                "rejected": c.rejected,
+                "failed": c.failed,
+                "by_code": dict(c.by_code),
+            }
+        if pipeline is not None:
+            result["schemes"] = {
+                "active": len(pipeline.schemes),
+                "ids": [s.id for s in pipeline.schemes],
+                "source": self._scheme_source,
+            }
+        return result
+
+
+@contextlib.asynccontextmanager
+async def running(service: AgentService) -> AsyncIterator[AgentService]:
+    """Run *service* in a task for the duration of the block (tests, ``tbox demo``).
+
+    Waits until it is ready (or raises what stopped its start); exiting cancels it and waits for
+    its staged shutdown.
+    """
+    task = asyncio.create_task(service.run(), name="agent")
+    ready = asyncio.create_task(service.wait_ready())
+    try:
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            await task  # raises what stopped it
+            raise RuntimeError("the agent stopped while starting")
+        yield service
+    finally:
+        ready.cancel()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
