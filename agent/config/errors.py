@@ -13,6 +13,6 @@ class ConfigError(LocatedInputError):
     ``source`` is the file, ``key`` the dotted key path of the offending value (``mqtt.port``,
     ``bus[1].url``; ``None`` for document-level problems such as syntax errors), ``line`` the
     1-based line when known, and ``problem`` what is wrong in words a user can act on. ``str()``
-    gives ``"agent.toml:12: mqtt.keepalive_s: 45 is above the maximum of 30 (…)"``. The command
+    gives ``"agent.toml:12: mqtt.keepalive_s: 45 is above the maximum of 20 (…)"``. The command
     line reports it in one line with exit status 1.
     """

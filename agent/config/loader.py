@@ -6,7 +6,7 @@ configuration that loads is one the agent can run with. Every problem is a
 :class:`~agent.config.errors.ConfigError` naming the file, the line, the dotted key and what is
 wrong::
 
-    agent.toml:12: mqtt.keepalive_s: 45 is above the maximum of 30 (a longer keepalive notices
+    agent.toml:12: mqtt.keepalive_s: 45 is above the maximum of 20 (a longer keepalive notices
     a dead link too late)
 
 Unknown keys are errors (with a suggestion when one is close). Relative paths are relative to the
@@ -44,6 +44,7 @@ from agent.config.model import (
 from agent.errors import TboxError, describe_toml_error
 from agent.errors import kind_of_value as _kind
 from agent.toml_lines import KeyPath, dotted_key, item_line, line_of
+from agent.uplink import MAX_KEEPALIVE_S
 
 __all__ = ["load_config", "parse_config"]
 
@@ -100,7 +101,7 @@ _DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
 _DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": DAY}
 # sun_path of struct sockaddr_un holds 108 bytes, the terminating NUL included.
 _MAX_SOCKET_PATH_BYTES: Final = 107
-_MAX_KEEPALIVE_S: Final = 30
+_MAX_KEEPALIVE_S: Final = MAX_KEEPALIVE_S
 
 
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:

@@ -10,9 +10,11 @@ read every vehicle's topics. What Mosquitto 2.0 does with a client that overstep
   with reason code 0x87 (not authorized), MQTT 3.1.1 a plain PUBACK indistinguishable from a
   success. aiomqtt ignores PUBACK reason codes: ``publish()`` returns normally in both cases.
 
-The last point means an uplink whose vehicle id does not match its certificate sees every batch
-"delivered": nothing reaches the backend, but the queue is emptied. That is a known defect of the
-uplink (see ``test_impersonating_uplink_keeps_its_records_queued``).
+The uplink therefore reads the reason code itself: with MQTT 5, an uplink whose vehicle id does
+not match its certificate gets every batch refused (``PublishRefusedError``), keeps its records
+queued and retries with backoff. With MQTT 3.1.1 (its fallback for brokers without MQTT 5) a
+refusal cannot be told from a delivery: the records are acked and lost — a limit of the protocol,
+pinned down here so that it stays visible.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class Setup:
             protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
         )
 
-    def config(self, vehicle_id: str, cert: str) -> UplinkConfig:
+    def config(self, vehicle_id: str, cert: str, *, mqtt5: bool = True) -> UplinkConfig:
         return UplinkConfig(
             host="127.0.0.1",
             port=self.broker.port,
@@ -98,6 +100,7 @@ class Setup:
             tls_key_file=self.pki.directory / f"{cert}.key",
             batch_max_bytes=1024,  # several batches per test
             backoff_initial_s=0.2,
+            mqtt5=mqtt5,
         )
 
 
@@ -257,26 +260,34 @@ async def test_publish_to_another_vehicles_topic_is_acknowledged_and_dropped(
     ]
 
 
-async def _impersonate(setup: Setup, seconds: float) -> tuple[Uplink, int]:
+async def _impersonate(setup: Setup, seconds: float, *, mqtt5: bool = True) -> tuple[Uplink, int]:
     """Run an uplink configured as VIN-B with VIN-A's certificate for *seconds* with 30 records
     queued; return it and how many items its queue still holds."""
     async with UploadQueue(setup.tmp_path / "impostor.db") as queue:
         await queue.put(_items(range(30)))
-        async with Uplink(setup.config("VIN-B", "VIN-A"), queue) as uplink:
+        async with Uplink(setup.config("VIN-B", "VIN-A", mqtt5=mqtt5), queue) as uplink:
             await _until(lambda: uplink.stats.link == "connected")
             await asyncio.sleep(seconds)
         return uplink, queue.stats.items
 
 
-async def test_impersonating_uplink_gets_nothing_delivered(setup: Setup) -> None:
-    uplink, _ = await _impersonate(setup, 2.0)
+async def test_impersonating_uplink_gets_nothing_delivered_and_keeps_its_records(
+    setup: Setup,
+) -> None:
+    uplink, remaining = await _impersonate(setup, 2.0)
     await _probe(setup, "vehicles/VIN-A/probe")
     assert setup.backend.topics() == {"vehicles/VIN-A/probe"}
-    assert uplink.stats.connect_failures == 0  # connecting is allowed; publishing B's topic isn't
-
-
-async def test_impersonating_uplink_keeps_its_records_queued(setup: Setup) -> None:
-    uplink, remaining = await _impersonate(setup, 2.0)
     assert remaining == 30
     assert uplink.stats.batches == 0 and uplink.stats.records == 0
-    assert "not authorized" in uplink.stats.last_error.lower()
+    assert "not authorized (0x87)" in uplink.stats.last_error.lower()
+    # Connecting is allowed, publishing to B's topic is not: refused, reconnected, refused…
+    assert uplink.stats.connect_failures == 0 and uplink.stats.reconnects >= 1
+
+
+async def test_impersonating_uplink_on_mqtt311_cannot_tell_and_loses_records(setup: Setup) -> None:
+    # MQTT 3.1.1's PUBACK has no reason code: the broker's refusal looks like a delivery.
+    uplink, remaining = await _impersonate(setup, 2.0, mqtt5=False)
+    assert remaining == 0
+    assert uplink.stats.records == 30 and uplink.stats.last_error == ""
+    await _probe(setup, "vehicles/VIN-A/probe")
+    assert setup.backend.topics() == {"vehicles/VIN-A/probe"}

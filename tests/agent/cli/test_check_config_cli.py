@@ -93,7 +93,7 @@ def test_an_error_is_one_line_with_file_line_and_key(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"tbox check-config: error: {path}:6: mqtt.keepalive_s: 45 is above the maximum of 30 "
+        f"tbox check-config: error: {path}:6: mqtt.keepalive_s: 45 is above the maximum of 20 "
         "(a longer keepalive notices a dead link too late)\n"
     )
     assert main(["check-config", str(tmp_path / "missing.toml")]) == 1

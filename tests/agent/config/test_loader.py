@@ -337,7 +337,7 @@ ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ('[queue]\npath = "a\\u0000b"\n', 7, "queue.path", "is not a path"),
     # [mqtt]
     ("[mqtt]\nkeepalive_s = 45\n", 7, "mqtt.keepalive_s",
-     "45 is above the maximum of 30 (a longer keepalive notices a dead link too late)"),
+     "45 is above the maximum of 20 (a longer keepalive notices a dead link too late)"),
     ("[mqtt]\nkeepalive_s = 0\n", 7, "mqtt.keepalive_s", "0 is below the minimum of 1"),
     ("[mqtt]\nkeepalive_s = 1.5\n", 7, "mqtt.keepalive_s", "must be a whole number, not 1.5"),
     ("[mqtt]\nport = 0\n", 7, "mqtt.port", "0 is below the minimum of 1"),
