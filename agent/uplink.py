@@ -53,6 +53,8 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 import aiomqtt
+from paho.mqtt import client as mqtt_client
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -99,6 +101,8 @@ class UplinkConfig:
     always verified. ``take_max_bytes`` is how many stored payload bytes are read per batch
     (they compress several-fold, so more than ``batch_max_bytes``). ``idle_poll_s`` bounds how
     long an empty queue is left unchecked when nobody calls :meth:`Uplink.notify`.
+    ``session_expiry_s`` > 0 (MQTT 5 only) asks the broker to keep the session that long after a
+    disconnection: the subscriptions, and the QoS 1 messages (commands) that arrive meanwhile.
     """
 
     host: str
@@ -122,6 +126,7 @@ class UplinkConfig:
     publish_timeout_s: float = 30.0
     idle_poll_s: float = 1.0
     subscriptions: tuple[str, ...] = ()
+    session_expiry_s: int = 0
     incoming_max: int = 64
     outbox_max: int = 256
 
@@ -139,6 +144,8 @@ class UplinkConfig:
             raise ValueError("take_max_bytes must be at least batch_max_bytes")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ValueError("backoff needs 0 < backoff_initial_s ≤ backoff_max_s")
+        if not 0 <= self.session_expiry_s < 2**32:
+            raise ValueError("session_expiry_s must be 0 … 2**32-1")
         if not 0 <= self.backoff_jitter < 1:
             raise ValueError("backoff_jitter must be in [0, 1)")
 
@@ -366,6 +373,18 @@ class Uplink:
 
     def _client(self) -> _CheckedClient:
         cfg = self.config
+        # A persistent MQTT 5 session: commands sent while the vehicle is offline wait at the
+        # broker (bounded by the expiry) instead of being lost. Without subscriptions there is
+        # nothing worth keeping.
+        persistent = (
+            self._protocol == aiomqtt.ProtocolVersion.V5
+            and cfg.session_expiry_s > 0
+            and bool(cfg.subscriptions)
+        )
+        properties = None
+        if persistent:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = cfg.session_expiry_s
         return _CheckedClient(
             cfg.host,
             cfg.port,
@@ -376,6 +395,8 @@ class Uplink:
             keepalive=cfg.keepalive_s,
             tls_context=self._tls,
             timeout=cfg.publish_timeout_s,
+            clean_start=False if persistent else mqtt_client.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
         )
 
     # --- the background task ------------------------------------------------------------------

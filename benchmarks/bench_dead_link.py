@@ -36,8 +36,6 @@ import argparse
 import asyncio
 import logging
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from agent.local_broker import BrokerError, LocalBroker, free_port
 from agent.schemes.model import CollectedRecord, Sample
 from agent.telemetry_codec import decode_batch, encode_record
 from agent.uplink import MAX_KEEPALIVE_S, Uplink, UplinkConfig
@@ -63,39 +62,20 @@ WARM_UP_S = 2.0  # publishing normally before the black hole
 # --- the broker -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _mosquitto(directory: Path) -> Iterator[int]:
-    """A Mosquitto on a free loopback port, minimal configuration; yields the port."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
-    )
-    process = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.PIPE)
+    """A private Mosquitto on a free loopback port (:class:`LocalBroker`); yields the port."""
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise SystemExit(f"mosquitto exited: {err}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("mosquitto did not start") from None
-                time.sleep(0.02)
-        yield port
+        broker = LocalBroker(
+            directory,
+        )
+        broker.start()
+    except BrokerError as e:
+        raise SystemExit(str(e)) from None
+    try:
+        yield broker.port
     finally:
-        process.kill()
-        process.wait(10)
+        broker.kill()
 
 
 # --- the proxy ------------------------------------------------------------------------------
@@ -169,7 +149,7 @@ class BlackHoleProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.port = _free_port()
+        self.port = free_port()
         self.connections: set[_Connection] = set()
         self.pingresp = asyncio.Event()  # set whenever a PINGRESP reaches the client
         self.dropped_pings: list[float] = []  # time.monotonic() of PINGREQs into the black hole

@@ -35,9 +35,7 @@ import json
 import math
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from agent.local_broker import BrokerError, LocalBroker
 from agent.schemes.model import CollectedRecord, Sample
 from agent.telemetry_codec import decode_batch, encode_record
 from agent.uplink import Uplink, UplinkConfig, UplinkStats
@@ -125,42 +124,23 @@ def _as_json(record: CollectedRecord) -> bytes:
 # --- the broker -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _mosquitto(directory: Path) -> Iterator[int]:
-    """A Mosquitto on a free loopback port, minimal configuration; yields the port."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
-    config = directory / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
-        # The default (1000 QoS 1 messages queued per subscriber) drops the baseline's messages
-        # whenever the subscriber falls behind: the benchmark measures the sender, so no limit.
-        "max_queued_messages 0\n"
-    )
-    process = subprocess.Popen([binary, "-c", str(config)], stderr=subprocess.PIPE)
+    """A private Mosquitto on a free loopback port (:class:`LocalBroker`); yields the port."""
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if process.poll() is not None:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise SystemExit(f"mosquitto exited: {err}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("mosquitto did not start") from None
-                time.sleep(0.02)
-        yield port
+        broker = LocalBroker(
+            directory,
+            # The default (1000 QoS 1 messages queued per subscriber) drops the baseline's messages
+            # whenever the subscriber falls behind: the benchmark measures the sender, so no limit.
+            extra_config="max_queued_messages 0\n",
+        )
+        broker.start()
+    except BrokerError as e:
+        raise SystemExit(str(e)) from None
+    try:
+        yield broker.port
     finally:
-        process.kill()
-        process.wait(10)
+        broker.kill()
 
 
 # --- the subscriber (another process) -------------------------------------------------------

@@ -76,6 +76,7 @@ SECTIONS: Final[Mapping[str, tuple[str, ...]]] = {
         "batch_max_bytes",
         "backoff_initial_s",
         "backoff_max_s",
+        "session_expiry_s",
     ),
     "commands": ("trusted_keys", "max_bytes", "max_skew_s", "max_lifetime_s"),
     "status": ("socket", "prometheus"),
@@ -485,6 +486,15 @@ class _Builder:
             ),
             backoff_initial_s=backoff_initial,
             backoff_max_s=backoff_max,
+            session_expiry_s=self.duration(
+                tbl,
+                at,
+                "session_expiry_s",
+                d.session_expiry_s,
+                zero=True,
+                hi=30 * DAY,
+                why="a broker should not keep commands for a vehicle gone that long",
+            ),
         )
 
     def commands(self, data: Mapping[str, Any]) -> CommandsConfig:

@@ -98,6 +98,7 @@ class MqttConfig:
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    session_expiry_s: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,4 +178,5 @@ class AgentConfig:
             take_max_bytes=max(m.batch_max_bytes, _MIN_TAKE_MAX_BYTES),
             backoff_initial_s=m.backoff_initial_s,
             backoff_max_s=m.backoff_max_s,
+            session_expiry_s=round(m.session_expiry_s),
         )

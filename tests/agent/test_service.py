@@ -9,6 +9,7 @@ import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
@@ -316,3 +317,25 @@ async def test_records_stay_queued_while_the_broker_is_down(
             assert service.snapshot()["uplink"]["records"] >= backlog
     finally:
         broker.kill()
+
+
+async def test_a_command_sent_while_the_agent_is_offline_is_answered_after_restart(
+    short_dir: Path, broker: MosquittoBroker, signing_key: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    key, pub = signing_key
+    config = _config(short_dir, broker.port, _spec("offline"), pub)
+    service = AgentService(config)
+    async with running(service):
+        await _until(lambda: service.snapshot()["uplink"]["subscribed"])
+    # The agent is gone; its MQTT 5 session (session_expiry_s, default 1 day) is kept.
+    async with _backend(broker.port) as backend:
+        assert backend.client is not None
+        command = make_command("ping", b"", vehicle_id=VEHICLE, command_id="while-offline")
+        await backend.client.publish(PREFIX + "cmd/ping", sign_command(key, "ops", command), qos=1)
+        service = AgentService(
+            replace(config, buses=(BusConfig(_spec("back"), config.buses[0].dbc),))
+        )
+        async with running(service):
+            await _until(lambda: bool(backend.results))
+    [result] = backend.results
+    assert (result.command_id, result.message) == ("while-offline", "pong")
