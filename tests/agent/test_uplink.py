@@ -340,3 +340,77 @@ def test_config_rejects_long_keepalive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keepalive_s"):
         _config(tmp_path, 1883, keepalive_s=60)
     assert _config(tmp_path, 1883).topic_prefix == f"vehicles/{VEHICLE}/"
+
+
+class _Mqtt311Only:
+    """A TCP relay to a real broker that plays a broker without MQTT 5: it answers an MQTT 5
+    CONNECT with CONNACK "unsupported protocol version" (0x84) and relays 3.1.1 connections."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.refused = 0
+        self.relayed = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> _Mqtt311Only:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # CONNECT: fixed header, remaining length (varint), then "\x00\x04MQTT" and the level.
+        head = await reader.readexactly(1)
+        length_bytes = b""
+        while True:
+            byte = await reader.readexactly(1)
+            length_bytes += byte
+            if not byte[0] & 0x80:
+                break
+        length = sum((b & 0x7F) << (7 * i) for i, b in enumerate(length_bytes))
+        body = await reader.readexactly(length)
+        if body[6] == 5:
+            self.refused += 1
+            writer.write(bytes([0x20, 0x03, 0x00, 0x84, 0x00]))  # CONNACK, reason 0x84
+            await writer.drain()
+            writer.close()
+            return
+        self.relayed += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        up_writer.write(head + length_bytes + body)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_falls_back_to_mqtt311_when_the_broker_refuses_mqtt5(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
+) -> None:
+    broker, received, _ = backend
+    async with (
+        _Mqtt311Only(broker.port) as relay,
+        UploadQueue(tmp_path / "q.db") as queue,
+        Uplink(_config(tmp_path, relay.port), queue) as uplink,
+    ):
+        await queue.put(_items(range(50)))
+        uplink.notify()
+        await _until(lambda: len(set(received.numbers())) == 50)
+        await _until(lambda: queue.stats.items == 0)
+        assert (relay.refused, relay.relayed) == (1, 1)
+        stats = uplink.stats
+        assert stats.protocol == "3.1.1" and stats.link == "connected"
+        assert stats.connect_failures == 1 and stats.records == 50
