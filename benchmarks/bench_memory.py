@@ -21,7 +21,7 @@ the warm-up ≤ 1 MiB per 10 minutes. Exits 1 if either is missed.
 
     .venv/bin/python benchmarks/bench_memory.py [--minutes 10] [--quick] [--imports]
 
-``--quick``: one minute, 20 s warm-up (the slope is then only indicative). ``--imports``: also
+``--quick``: one minute, 20 s warm-up (the slope is then printed, not judged). ``--imports``: also
 print the RSS each group of the agent's imports adds (where the memory goes).
 """
 
@@ -373,7 +373,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> bool:
     growth = _slope(warm) * 600  # MiB per 10 minutes
     floor_mib = floor_kib / 1024
     peak_ok = peak_mib <= TARGET_PEAK_MIB
-    growth_ok = growth <= TARGET_GROWTH_MIB_PER_10MIN
+    # Below 5 minutes after the warm-up a slope says little (one step of the allocator swings
+    # it by MiBs per 10 min): reported, not judged.
+    judged = seconds - args.warmup >= 300
+    growth_ok = growth <= TARGET_GROWTH_MIB_PER_10MIN or not judged
     buses, pipe, up = last["buses"]["can0"], last["pipeline"], last.get("uplink", {})
 
     print(
@@ -387,7 +390,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> bool:
     print(
         f"  agent work: {buses['frames']:,} frames, {pipe['decoded']:,} decoded, "
         f"{pipe['records']:,} records, {up.get('batches', 0):,} MQTT batches "
-        f"({up.get('records', 0):,} records acknowledged), queue {last['queue']['items']} items"
+        f"({up.get('records', 0):,} records acknowledged, {up.get('bytes', 0):,} bytes), "
+        f"queue {last['queue']['items']} items"
     )
     print(
         f"  agent CPU after the warm-up: {cores:.3f} cores at {frame_rate:,.0f} frames/s "
@@ -405,7 +409,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> bool:
     print(
         f"  growth (least-squares slope of {len(warm)} samples after {args.warmup:g} s warm-up): "
         f"{growth:+.2f} MiB per 10 min"
-        + (" (a run this short gives only an indication)" if seconds - args.warmup < 300 else "")
+        + ("" if judged else " (not judged: too short a run, needs >= 5 min after the warm-up)")
     )
     print(
         f"  floor (idle Python importing {', '.join(FLOOR_IMPORTS)}): {floor_mib:.1f} MiB; "
@@ -421,7 +425,11 @@ def _run(args: argparse.Namespace, workdir: Path) -> bool:
     print(
         f"{verdict}: peak {peak_mib:.1f} MiB {'<=' if peak_ok else '>'} {TARGET_PEAK_MIB:g} MiB "
         f"({TARGET_PEAK_MIB * MIB / 1e6:.1f} MB); growth {growth:+.2f} MiB/10 min "
-        f"{'<=' if growth_ok else '>'} {TARGET_GROWTH_MIB_PER_10MIN:g}"
+        + (
+            f"{'<=' if growth_ok else '>'} {TARGET_GROWTH_MIB_PER_10MIN:g}"
+            if judged
+            else "(not judged)"
+        )
     )
     return verdict == "PASS"
 
@@ -451,7 +459,12 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: clean up the subprocesses on the way out
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
     sys.exit(130)

@@ -5,15 +5,18 @@ on four buses, can0..can3, sped up so that together they carry ``--rate`` frames
 18,000: four 500 kbit/s buses at full load; the sample vehicle alone loads a bus to ~30 %,
 ~1,250 frames/s, so the run is ~3.6× faster than real time). The agent (``tbox run``, a config of
 four socketcand buses, each with the sample DBC) evaluates a 10 Hz periodic scheme of six
-signals, an on-change scheme with deadbands and a condition scheme with window functions (each
-signal named without a bus, so every bus decodes it) and the retained state topic, and uploads
-to a private Mosquitto (:class:`~agent.local_broker.LocalBroker`).
+signals, an on-change scheme with deadbands and a condition scheme with window functions and the
+retained state topic, and uploads to a private Mosquitto (``agent.local_broker.LocalBroker``).
+Signals are named without a bus, so every bus decodes them: a worst case, since on
+a real vehicle a signal is on one bus (the condition's 5 s window then holds the speed of all
+four buses: 2,000 samples, each scanned on every update).
 
 Measured over a window of ``--seconds`` (after ``--warmup``): the agent's CPU time (utime +
 stime of all its threads, ``/proc/<pid>/stat``) → cores used; frames received (the status
 socket's ``buses.<name>.frames`` + ``filtered``) against frames the simulator sent (its own
-count) → lost; frames decoded; records. The simulator's and the broker's CPU are reported too:
-on a 2-core machine they share the cores with the agent.
+count) → lost; frames decoded; records. Also: the agent's CPU by thread (event loop; bus
+readers and the SQLite writer), the simulator's and the broker's CPU (on a 2-core machine they
+share the cores with the agent) and the whole machine's, to tell noise from other jobs.
 
 Baseline in the same run, the same traffic and measurement: the naive way, in a subprocess —
 python-can ``socketcand`` buses + ``can.Notifier`` + ``AsyncBufferedReader``, cantools
@@ -26,8 +29,9 @@ Target (issue): ≤ 0.5 core and 0 frames lost at ≈ 18,000 frames/s. Exits 1 i
     .venv/bin/python benchmarks/bench_pipeline.py [--seconds 30] [--rate 18000] [--quick]
         [--no-baseline] [--profile N]
 
-``--profile N`` runs the agent under cProfile (every thread) and prints its top N functions by
-own time; the profiler's overhead inflates that run's CPU, so its figures are not the benchmark's.
+``--profile N`` runs the agent under cProfile (every thread, timed by the thread's CPU time) and
+prints its top N functions; the profiler's overhead inflates that run's CPU several-fold, so its
+figures are not the benchmark's.
 """
 
 from __future__ import annotations
@@ -148,6 +152,15 @@ def _cpu_seconds(pid: int) -> float:
         return _cpu_seconds_of(Path(f"/proc/{pid}/stat"))
     except OSError:
         return float("nan")
+
+
+def _machine_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since boot, from ``/proc/stat``."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    steal = values[7] if len(values) > 7 else 0
+    guest = sum(values[8:10])  # already counted in user and nice
+    return (sum(values) - guest - idle - steal) / TICKS, steal / TICKS
 
 
 def _thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -285,6 +298,8 @@ class Result:
     other_thread_cores: list[float]  # every other thread, busiest first
     sim_cores: float
     broker_cores: float
+    machine_cores: float  # every process's CPU: noise from others shows as the rest
+    steal_cores: float  # taken by the hypervisor for other guests
     dropped_clients: int
 
     @property
@@ -355,10 +370,12 @@ def _measure(
             time.sleep(args.warmup)
             pids = (proc.pid, sim.proc.pid, broker.process.pid)
             cpu0 = [_cpu_seconds(p) for p in pids]
+            machine0 = _machine_seconds()
             threads0 = _thread_cpu_seconds(proc.pid)
             t0, c0 = time.monotonic(), counters(workdir)
             time.sleep(args.seconds)
             cpu1 = [_cpu_seconds(p) for p in pids]
+            machine1 = _machine_seconds()
             threads1 = _thread_cpu_seconds(proc.pid)
             t1, c1 = time.monotonic(), counters(workdir)
             if c0 is None or c1 is None:
@@ -404,6 +421,8 @@ def _measure(
         other_thread_cores=sorted(per_thread.values(), reverse=True),
         sim_cores=cores[1],
         broker_cores=cores[2],
+        machine_cores=(machine1[0] - machine0[0]) / wall,
+        steal_cores=(machine1[1] - machine0[1]) / wall,
         dropped_clients=dropped,
     )
 
@@ -545,6 +564,14 @@ def _threads(r: Result) -> str:
     )
 
 
+def _machine(r: Result) -> str:
+    rest = max(0.0, r.machine_cores - r.cores - r.sim_cores - r.broker_cores)
+    return (
+        f"  {'':<9} machine in this window: {r.machine_cores:.2f} of {os.cpu_count()} cores busy "
+        f"({rest:.2f} other processes); hypervisor steal {r.steal_cores:.2f} cores"
+    )
+
+
 def _line(r: Result) -> str:
     return (
         f"  {r.label:<9} {r.cores:5.3f} cores = {r.us_per_frame:5.1f} µs CPU/frame at "
@@ -603,9 +630,11 @@ def main() -> int:
     )
     print(_line(tbox))
     print(_threads(tbox))
+    print(_machine(tbox))
     if naive is not None:
         print(_line(naive) + f"  [simulator {naive.sim_cores:.3f} cores]")
         print(_threads(naive))
+        print(_machine(naive))
         print(
             "  naive = python-can socketcand + Notifier + AsyncBufferedReader, cantools "
             "decode_message per frame, one SQLite commit per record, no uplink"
@@ -635,7 +664,12 @@ def main() -> int:
     return 0 if ok else 1
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: clean up the subprocesses on the way out
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
     sys.exit(130)
