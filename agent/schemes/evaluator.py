@@ -301,6 +301,16 @@ class SchemeEvaluator:
                     slot(spec.name)
             else:
                 states[scheme.id] = _ConditionState(scheme, slot, self._clock)
+        # Running min/max of window functions that left with a replaced scheme stop costing.
+        extremes: dict[str, set[tuple[float, bool]]] = {}
+        for scheme in schemes:
+            c = scheme.collection
+            if isinstance(c, Condition):
+                for name, span, largest in c.expression.extremes:
+                    extremes.setdefault(name, set()).add((span, largest))
+        for name, s in slot.slots.items():
+            if s.history is not None:
+                s.history.retain_extremes(extremes.get(name, set()))
         self._schemes = tuple(schemes)
         self._slots = slot.slots
         self._states = states

@@ -540,13 +540,16 @@ class Expression:
     """A parsed, validated condition. Equal expressions have equal text.
 
     ``signals`` are the signal names it reads (as written); ``windows`` maps each signal used by a
-    window function to its longest span in seconds, so the evaluator can size its history.
+    window function to its longest span in seconds, so the evaluator can size its history;
+    ``extremes`` lists the ``(signal, span, largest)`` of its ``max``/``min`` window functions,
+    whose running extremes the signal's history keeps.
     """
 
     text: str
     tree: Node = field(compare=False, repr=False)
     signals: frozenset[str] = field(compare=False, repr=False)
     windows: tuple[tuple[str, float], ...] = field(compare=False, repr=False)
+    extremes: frozenset[tuple[str, float, bool]] = field(compare=False, repr=False)
 
     def bind(self, slot: Callable[[str], SignalSlot], clock: Clock) -> Callable[[], bool | None]:
         """Compile into one closure: True, False, or None (unknown; callers treat it as false).
@@ -571,6 +574,7 @@ def parse_expression(text: str) -> Expression:
     tree = _Parser(text).parse()
     signals: set[str] = set()
     windows: dict[str, float] = {}
+    extremes: set[tuple[str, float, bool]] = set()
     for node in _walk(tree):
         if isinstance(node, Signal):
             signals.add(node.name)
@@ -578,9 +582,13 @@ def parse_expression(text: str) -> Expression:
             signals.add(node.signal)
             if node.function in _WINDOW_FUNCTIONS:
                 windows[node.signal] = max(windows.get(node.signal, 0.0), node.span)
+                if node.function != "avg":
+                    extremes.add((node.signal, node.span, node.function == "max"))
     if not signals:
         raise ExpressionError(1, "the condition reads no signal, so nothing would evaluate it")
-    return Expression(text, tree, frozenset(signals), tuple(sorted(windows.items())))
+    return Expression(
+        text, tree, frozenset(signals), tuple(sorted(windows.items())), frozenset(extremes)
+    )
 
 
 # Each node becomes a closure returning a number, a string (value-table name), a bool, or None
@@ -695,11 +703,10 @@ def _compile_call(
             return None if values is None else sum(values) / len(values)  # type: ignore[arg-type]
 
         return average
-    reduce = min if function == "min" else max
+    running = s.history.extreme(span, largest=function == "max")
 
     def extreme() -> Value | bool | None:
-        values = window_values()
-        return None if values is None else reduce(values)
+        return running.value(clock.now)
 
     return extreme
 

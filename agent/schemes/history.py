@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import deque
 from typing import Final
 
-__all__ = ["MAX_HISTORY_SAMPLES", "Clock", "History", "SignalSlot", "Value"]
+__all__ = ["MAX_HISTORY_SAMPLES", "Clock", "History", "SignalSlot", "Value", "WindowExtreme"]
 
 #: A decoded signal value: a scaled number, or a value table's name.
 Value = float | int | str
@@ -38,7 +39,7 @@ class History:
     ``values[head:]`` are the live samples; older ones are dropped lazily as new ones arrive.
     """
 
-    __slots__ = ("cap", "has_strings", "head", "keep", "times", "values")
+    __slots__ = ("base", "cap", "extremes", "has_strings", "head", "keep", "times", "values")
 
     def __init__(self, keep: float, cap: int = MAX_HISTORY_SAMPLES) -> None:
         self.keep = keep
@@ -46,6 +47,9 @@ class History:
         self.times: array[float] = array("d")
         self.values: list[Value] = []
         self.head = 0
+        # Samples compacted away so far: values[i] is the (base + i)-th sample ever added.
+        self.base = 0
+        self.extremes: list[WindowExtreme] = []
         # Window functions skip value-table names; remembering whether any were seen lets the
         # common, all-numeric case use min()/max()/sum() on a slice directly.
         self.has_strings = False
@@ -58,8 +62,12 @@ class History:
         times = self.times
         times.append(t)
         self.values.append(value)
-        if value.__class__ is str:
+        if isinstance(value, str):
             self.has_strings = True
+        elif self.extremes:
+            index = self.base + len(times) - 1
+            for extreme in self.extremes:
+                extreme.push(index, t, value)
         head = self.head
         cutoff = t - self.keep
         if times[head] < cutoff:
@@ -70,8 +78,27 @@ class History:
         if head >= _COMPACT_MIN and 2 * head >= n:
             del times[:head]
             del self.values[:head]
+            self.base += head
             head = 0
         self.head = head
+
+    def extreme(self, span: float, *, largest: bool) -> WindowExtreme:
+        """A running ``max`` (*largest*) or ``min`` over the last *span* seconds of this history.
+
+        It starts from the samples already kept and follows every later :meth:`add`; window
+        functions with the same span and kind share one.
+        """
+        for extreme in self.extremes:
+            if extreme.span == span and extreme.largest is largest:
+                return extreme
+        extreme = WindowExtreme(self, span, largest=largest)
+        times, values = self.times, self.values
+        for i in range(self.head, len(values)):
+            v = values[i]
+            if not isinstance(v, str):
+                extreme.push(self.base + i, times[i], v)
+        self.extremes.append(extreme)
+        return extreme
 
     def since(self, lo: float) -> list[Value]:
         """Values of the samples taken at or after *lo*, oldest first."""
@@ -84,12 +111,63 @@ class History:
         j = bisect_right(times, hi, i)
         return times[i:j].tolist(), self.values[i:j]
 
+    def retain_extremes(self, wanted: set[tuple[float, bool]]) -> None:
+        """Stop feeding the running extremes whose ``(span, largest)`` is not in *wanted*."""
+        self.extremes = [e for e in self.extremes if (e.span, e.largest) in wanted]
+
     def clear(self) -> None:
         """Forget every sample (the clock went backwards: old times mean nothing any more)."""
+        self.base += len(self.values)
         self.times = array("d")
         self.values = []
         self.head = 0
         self.has_strings = False
+        for extreme in self.extremes:
+            extreme.samples.clear()
+
+
+class WindowExtreme:
+    """The largest or smallest numeric value of a :class:`History` within a trailing time span.
+
+    A monotonic queue: it keeps only the samples that may still become the window's extreme (each
+    newer than, and larger than (for max) every sample after it), so an update and a query cost
+    O(1) amortised instead of a scan of the window. The answer equals ``max()``/``min()`` over the
+    window's numeric samples; NaN samples are left out (a NaN has no order).
+    """
+
+    __slots__ = ("history", "largest", "samples", "span")
+
+    def __init__(self, history: History, span: float, *, largest: bool) -> None:
+        self.history = history
+        self.span = span
+        self.largest = largest
+        # (sample index, time, value), oldest first, values strictly decreasing (max) or
+        # increasing (min).
+        self.samples: deque[tuple[int, float, float | int]] = deque()
+
+    def push(self, index: int, t: float, value: float | int) -> None:
+        """Take the *index*-th sample of the history, taken at *t*."""
+        if value != value:  # noqa: PLR0124 - NaN
+            return
+        samples = self.samples
+        if self.largest:
+            while samples and samples[-1][2] <= value:
+                samples.pop()
+        else:
+            while samples and samples[-1][2] >= value:
+                samples.pop()
+        samples.append((index, t, value))
+
+    def value(self, now: float) -> float | int | None:
+        """The extreme over the samples taken at or after ``now - span``; None if none."""
+        samples = self.samples
+        lo = now - self.span
+        h = self.history
+        # The history may have dropped samples by count (its cap) before they aged out.
+        first = h.base + h.head
+        while samples and (samples[0][1] < lo or samples[0][0] < first):
+            samples.popleft()
+        return samples[0][2] if samples else None
 
 
 class SignalSlot:

@@ -427,6 +427,32 @@ def test_replace_keeps_history_and_unchanged_state() -> None:
     assert ev.signals_used() == {"M.A"}
 
 
+def test_replace_keeps_running_extremes_of_unchanged_schemes_and_drops_the_rest() -> None:
+    two = """
+        [[scheme]]
+        id = "hi"
+        kind = "condition"
+        condition = 'max(M.A, "1s") > 50'
+        rising_edge_only = false
+
+        [[scheme]]
+        id = "lo"
+        kind = "condition"
+        condition = 'min(M.A, "1s") < -50'
+        """
+    ev = evaluator(two)
+    assert not run(ev, [(k / 10, "M", {"A": 0}) for k in range(10)])
+    only_hi = two[: two.index("[[scheme]]", two.index("[[scheme]]") + 1)]
+    ev.replace(schemes(only_hi))
+    history = ev._slots["M.A"].history
+    assert history is not None
+    assert [(e.span, e.largest) for e in history.extremes] == [(1.0, True)]
+    # The unchanged scheme's running max still follows the signal: 60 at t = 1.0 is in the
+    # window until t = 2.0, then gone.
+    records = run(ev, [(1.0, "M", {"A": 60}), (1.5, "M", {"A": 0}), (2.01, "M", {"A": 0})])
+    assert [r.trigger_time for r in records] == [1.0, 1.5]
+
+
 def test_flush_and_duplicate_ids() -> None:
     ev = condition("M.A > 4", post_ms=10_000)
     run(ev, [(0.0, "M", {"A": 5}), (1.0, "M", {"A": 6})])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from agent.schemes.history import MAX_HISTORY_SAMPLES, History, SignalSlot
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.schemes.history import MAX_HISTORY_SAMPLES, History, SignalSlot, WindowExtreme
 
 
 def test_keeps_only_the_last_keep_seconds() -> None:
@@ -47,3 +50,61 @@ def test_clear_and_slot_update() -> None:
     slot.history.clear()
     assert len(slot.history) == 0 and not slot.history.has_strings
     assert "A=4" in repr(slot)
+
+
+# --- running window extremes ------------------------------------------------------------------
+
+_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.floats(0.0, 0.5),
+            st.one_of(st.integers(-50, 50), st.floats(-1e6, 1e6), st.just("OFF")),
+        ),
+        st.just("clear"),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_steps, st.sampled_from([0.05, 0.3, 1.0, 2.5]), st.integers(3, 64), st.booleans())
+def test_running_extreme_equals_a_scan_of_the_window(
+    steps: list[tuple[float, float | int | str] | str], span: float, cap: int, late: bool
+) -> None:
+    # The monotonic queue must answer exactly what max()/min() over the window's numeric samples
+    # would, through count caps, compaction, value-table names and clears; *late* attaches the
+    # extremes after some samples exist (a scheme replaced while the history is kept).
+    h = History(keep=2.5, cap=cap)
+
+    def attach() -> dict[bool, WindowExtreme]:
+        return {True: h.extreme(span, largest=True), False: h.extreme(span, largest=False)}
+
+    extremes = {} if late else attach()
+    t = 0.0
+    for i, step in enumerate(steps):
+        if late and i == len(steps) // 2:
+            extremes = attach()
+        if step == "clear":
+            h.clear()
+            continue
+        assert isinstance(step, tuple)
+        dt, value = step
+        t += dt
+        h.add(t, value)
+        window = [v for v in h.since(t - span) if not isinstance(v, str)]
+        for largest, extreme in extremes.items():
+            expected = (max if largest else min)(window) if window else None
+            assert extreme.value(t) == expected
+
+
+def test_running_extreme_skips_nan_and_is_shared() -> None:
+    h = History(keep=5.0)
+    top = h.extreme(5.0, largest=True)
+    assert h.extreme(5.0, largest=True) is top
+    h.add(0.0, 1.0)
+    h.add(0.1, float("nan"))
+    h.add(0.2, 0.5)
+    assert top.value(0.2) == 1.0
+    assert top.value(5.05) == 0.5  # the 1.0 aged out; the NaN never counted
+    h.retain_extremes(set())
+    assert h.extremes == []
