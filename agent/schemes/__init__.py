@@ -5,12 +5,14 @@
 * :mod:`~agent.schemes.expression` — the condition language, parsed and compiled once;
 * :mod:`~agent.schemes.evaluator` — :class:`SchemeEvaluator`, frames in, records out (pure);
 * :mod:`~agent.schemes.last_known` — :class:`LastKnownState` for the retained ``state`` topic;
-* :mod:`~agent.schemes.history` — per-signal values and bounded, time-indexed histories.
+* :mod:`~agent.schemes.history` — per-signal values and bounded, time-indexed histories;
+* :mod:`~agent.schemes.geofence` — named circles and polygons for ``inside()``.
 """
 
 from agent.schemes.errors import ExpressionError, SchemeError
 from agent.schemes.evaluator import SchemeEvaluator
 from agent.schemes.expression import Expression, parse_expression
+from agent.schemes.geofence import Geofence
 from agent.schemes.last_known import LastKnownState
 from agent.schemes.loader import load_schemes, parse_scheme_document, parse_schemes
 from agent.schemes.model import (
@@ -29,6 +31,7 @@ __all__ = [
     "Condition",
     "Expression",
     "ExpressionError",
+    "Geofence",
     "LastKnownState",
     "OnChange",
     "Periodic",

@@ -142,7 +142,7 @@ class _ConditionState:
         self.priority = scheme.priority
         self.start = -_INF if scheme.start is None else scheme.start
         self.expiry = _INF if scheme.expiry is None else scheme.expiry
-        self.fn = c.expression.bind(slot, clock)
+        self.fn = c.expression.bind(slot, clock, {g.id: g for g in c.geofences})
         self.rising = c.rising_edge_only
         self.min_interval = c.min_interval_ms / 1000 - _EPS
         self.pre = c.pre_ms / 1000

@@ -20,22 +20,28 @@ A condition is a small expression over decoded signals, for example::
     call       := "prev" "(" SIGNAL ")" | "changed" "(" SIGNAL ")"
                 | ("min" | "max" | "avg") "(" SIGNAL "," DURATION ")"
                 | "abs" "(" sum ")"
+                | "inside" "(" GEOFENCE ["," SIGNAL "," SIGNAL] ")"
     SIGNAL     := [BUS ":"] [MESSAGE "."] NAME          # each an identifier: [A-Za-z_][A-Za-z0-9_]*
     NUMBER     := 12 | 0.5 | .5 | 1e3 | 2.5E-2
     DURATION   := a string: a number and a unit, "500ms", "2s", "1.5min" (at most 60 s)
+    GEOFENCE   := a string: the id of a geofence declared in the scheme document
 
 ``and``, ``or`` and ``not`` are keywords; a name followed by ``(`` is a function call, so a signal
-may be called ``min`` or ``abs``. A string is allowed only as a window function's duration.
-Comparisons and ``changed()`` are *conditions*; numbers, signals, ``prev()``, window functions,
-``abs()`` and arithmetic are *values*. ``and``/``or``/``not`` take conditions, comparisons and
-arithmetic take values, and the whole expression must be a condition; mixing them up is an error
-at parse time (``SPEED and RPM`` is rejected: write ``SPEED != 0 and RPM != 0``).
+may be called ``min`` or ``abs``. A string is allowed only as a window function's duration and
+as a geofence id. Comparisons, ``changed()`` and ``inside()`` are *conditions*; numbers,
+signals, ``prev()``, window functions, ``abs()`` and arithmetic are *values*.
+``and``/``or``/``not`` take conditions, comparisons and arithmetic take values, and the whole
+expression must be a condition; mixing them up is an error at parse time (``SPEED and RPM`` is
+rejected: write ``SPEED != 0 and RPM != 0``).
 
 **Functions.** ``prev(S)`` is the value of S before its latest update; ``changed(S)`` is true when
 S's latest update differs from the one before (``S != prev(S)``, also for value-table names);
 ``min``/``max``/``avg(S, "2s")`` are over S's samples taken in the last span, [now − span, now],
 where now is the time of the frame being evaluated (``avg`` is the plain mean of the samples);
-``abs(x)`` is the absolute value.
+``abs(x)`` is the absolute value. ``inside("depot")`` is true while the position is inside the
+geofence ``depot`` (:mod:`agent.schemes.geofence`); the position is the GNSS receiver's,
+``gnss:GNSS.latitude`` and ``gnss:GNSS.longitude``, unless two signals follow the id:
+``inside("depot", TBOX_Latitude, TBOX_Longitude)``. ``not inside("depot")`` is outside.
 
 **Missing values.** Evaluation never raises. A signal not seen yet, ``prev()`` before two updates,
 a window with no samples, a division or ``%`` by zero, and a value-table name used in arithmetic or
@@ -61,14 +67,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, cast
 
 from agent.schemes.errors import ExpressionError
+from agent.schemes.geofence import Geofence
 from agent.schemes.history import Clock, SignalSlot, Value
 
 __all__ = [
+    "DEFAULT_POSITION",
     "FUNCTIONS",
     "MAX_DEPTH",
     "MAX_LENGTH",
@@ -78,6 +86,7 @@ __all__ = [
     "Call",
     "Compare",
     "Expression",
+    "Inside",
     "Node",
     "Not",
     "Number",
@@ -94,7 +103,9 @@ MAX_DEPTH: Final = 48
 #: Longest span of a window function, in seconds (it bounds the history kept per signal).
 MAX_WINDOW_S: Final = 60.0
 #: The functions, in the order error messages list them.
-FUNCTIONS: Final = ("prev", "min", "max", "avg", "abs", "changed")
+FUNCTIONS: Final = ("prev", "min", "max", "avg", "abs", "changed", "inside")
+#: The position ``inside()`` reads unless told otherwise: the GNSS receiver's.
+DEFAULT_POSITION: Final = ("gnss:GNSS.latitude", "gnss:GNSS.longitude")
 
 _WINDOW_FUNCTIONS: Final = frozenset({"min", "max", "avg"})
 _SIGNAL_FUNCTIONS: Final = frozenset({"prev", "changed"})
@@ -137,6 +148,17 @@ class Call:
     signal: str | None = None
     span: float = 0.0  # seconds, for window functions
     arg: Node | None = None
+    depth: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Inside:
+    """``inside("zone", LAT, LON)``: the position signals are inside the geofence ``zone``."""
+
+    zone: str
+    latitude: str
+    longitude: str
+    col: int
     depth: int = 1
 
 
@@ -190,13 +212,13 @@ class Not:
     depth: int
 
 
-Node = Number | Signal | Call | Unary | Binary | Compare | BoolOp | Not
+Node = Number | Signal | Call | Inside | Unary | Binary | Compare | BoolOp | Not
 
 
 def _is_condition(node: Node) -> bool:
     if isinstance(node, Call):
         return node.function == "changed"
-    return isinstance(node, Compare | BoolOp | Not)
+    return isinstance(node, Compare | BoolOp | Not | Inside)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +467,7 @@ class _Parser:
             raise ExpressionError(
                 tok.col,
                 "a string is only allowed as the duration of min, max or avg "
-                '(e.g. avg(SPEED, "2s"))',
+                '(e.g. avg(SPEED, "2s")) and as the geofence of inside() (e.g. inside("depot"))',
             )
         raise ExpressionError(
             tok.col,
@@ -465,6 +487,8 @@ class _Parser:
             arg = self.need_value(self.parse_sum(), "abs()")
             self.expect(")", "')' after the argument of abs()")
             node = Call(function, col, arg=arg, depth=self.depth(col, arg))
+        elif function == "inside":
+            node = self.parse_inside(col)
         else:
             example = 'avg(SPEED, "2s")' if function in _WINDOW_FUNCTIONS else f"{function}(SPEED)"
             signal = self.tok
@@ -504,6 +528,35 @@ class _Parser:
         self.nesting -= 1
         return node
 
+    def parse_inside(self, col: int) -> Inside:
+        example = 'inside("depot") or inside("depot", LAT, LON)'
+        zone = self.tok
+        if zone.kind != "str" or len(zone.text) < 3:
+            raise ExpressionError(
+                zone.col,
+                f"inside() takes a geofence id as a string, got {zone.describe()} (e.g. {example})",
+            )
+        self.advance()
+        position = DEFAULT_POSITION
+        if self.tok.kind == "op" and self.tok.text == ",":
+            self.advance()
+            names: list[str] = []
+            for what in ("latitude", "longitude"):
+                signal = self.tok
+                if signal.kind != "name" or self.tokens[self.i + 1].text == "(":
+                    raise ExpressionError(
+                        signal.col,
+                        f"inside() takes a {what} signal here, got {signal.describe()} "
+                        f"(e.g. {example})",
+                    )
+                names.append(signal.text)
+                self.advance()
+                if what == "latitude":
+                    self.expect(",", f"',' and the longitude signal (e.g. {example})")
+            position = (names[0], names[1])
+        self.expect(")", f"')' after the arguments of inside() (e.g. {example})")
+        return Inside(zone.text[1:-1], position[0], position[1], col)
+
 
 def _number(tok: _Token) -> float | int:
     text = tok.text
@@ -542,7 +595,7 @@ class Expression:
     ``signals`` are the signal names it reads (as written); ``windows`` maps each signal used by a
     window function to its longest span in seconds, so the evaluator can size its history;
     ``extremes`` lists the ``(signal, span, largest)`` of its ``max``/``min`` window functions,
-    whose running extremes the signal's history keeps.
+    whose running extremes the signal's history keeps; ``zones`` are the geofence ids it tests.
     """
 
     text: str
@@ -550,17 +603,28 @@ class Expression:
     signals: frozenset[str] = field(compare=False, repr=False)
     windows: tuple[tuple[str, float], ...] = field(compare=False, repr=False)
     extremes: frozenset[tuple[str, float, bool]] = field(compare=False, repr=False)
+    zones: frozenset[str] = field(compare=False, repr=False)
 
-    def bind(self, slot: Callable[[str], SignalSlot], clock: Clock) -> Callable[[], bool | None]:
+    def bind(
+        self,
+        slot: Callable[[str], SignalSlot],
+        clock: Clock,
+        geofences: Mapping[str, Geofence] | None = None,
+    ) -> Callable[[], bool | None]:
         """Compile into one closure: True, False, or None (unknown; callers treat it as false).
 
         *slot* maps a signal name to its :class:`SignalSlot` (the same object for the same name);
         slots of windowed signals must have a history keeping at least the window's span, and
-        *clock* gives the time windows end at. Called once per scheme set; the closure is what
-        runs per update.
+        *clock* gives the time windows end at; *geofences* maps every id in ``zones`` to its
+        area. Called once per scheme set; the closure is what runs per update.
         """
+        areas = dict(geofences or {})
+        missing = sorted(self.zones - areas.keys())
+        if missing:
+            raise ValueError(f"no geofence {missing[0]!r} is declared")
+        env = _Env(slot, clock, areas)
         # The parser guarantees the root is a condition, so the closure returns bool or None.
-        return cast("Callable[[], bool | None]", _compile(self.tree, slot, clock, numeric=False))
+        return cast("Callable[[], bool | None]", _compile(self.tree, env, numeric=False))
 
 
 def parse_expression(text: str) -> Expression:
@@ -575,9 +639,13 @@ def parse_expression(text: str) -> Expression:
     signals: set[str] = set()
     windows: dict[str, float] = {}
     extremes: set[tuple[str, float, bool]] = set()
+    zones: set[str] = set()
     for node in _walk(tree):
         if isinstance(node, Signal):
             signals.add(node.name)
+        elif isinstance(node, Inside):
+            signals.update((node.latitude, node.longitude))
+            zones.add(node.zone)
         elif isinstance(node, Call) and node.signal is not None:
             signals.add(node.signal)
             if node.function in _WINDOW_FUNCTIONS:
@@ -587,7 +655,12 @@ def parse_expression(text: str) -> Expression:
     if not signals:
         raise ExpressionError(1, "the condition reads no signal, so nothing would evaluate it")
     return Expression(
-        text, tree, frozenset(signals), tuple(sorted(windows.items())), frozenset(extremes)
+        text,
+        tree,
+        frozenset(signals),
+        tuple(sorted(windows.items())),
+        frozenset(extremes),
+        frozenset(zones),
     )
 
 
@@ -596,30 +669,39 @@ def parse_expression(text: str) -> Expression:
 # value-table name is unknown: checking once at the leaf keeps every operator free of type tests.
 
 
-def _compile(
-    node: Node, slot: Callable[[str], SignalSlot], clock: Clock, *, numeric: bool
-) -> Evaluate:
+@dataclass(frozen=True, slots=True)
+class _Env:
+    """What compiled closures bind to: signal slots, the evaluation clock, geofences."""
+
+    slot: Callable[[str], SignalSlot]
+    clock: Clock
+    geofences: Mapping[str, Geofence]
+
+
+def _compile(node: Node, env: _Env, *, numeric: bool) -> Evaluate:
     if isinstance(node, Number):
         return _constant(node.value)
     if isinstance(node, Signal):
-        return _read(slot(node.name), numeric=numeric, previous=False)
+        return _read(env.slot(node.name), numeric=numeric, previous=False)
     if isinstance(node, Call):
-        return _compile_call(node, slot, clock, numeric=numeric)
+        return _compile_call(node, env, numeric=numeric)
+    if isinstance(node, Inside):
+        return _inside(env.geofences[node.zone], env.slot(node.latitude), env.slot(node.longitude))
     if isinstance(node, Unary):
-        return _negate(_compile(node.operand, slot, clock, numeric=True))
+        return _negate(_compile(node.operand, env, numeric=True))
     if isinstance(node, Binary):
-        left = _compile(node.left, slot, clock, numeric=True)
-        right = _compile(node.right, slot, clock, numeric=True)
+        left = _compile(node.left, env, numeric=True)
+        right = _compile(node.right, env, numeric=True)
         return _ARITHMETIC[node.op](left, right)
     if isinstance(node, Compare):
         ordering = node.op not in ("==", "!=")
-        left = _compile(node.left, slot, clock, numeric=ordering)
-        right = _compile(node.right, slot, clock, numeric=ordering)
+        left = _compile(node.left, env, numeric=ordering)
+        right = _compile(node.right, env, numeric=ordering)
         return _COMPARE[node.op](left, right)
     if isinstance(node, BoolOp):
-        items = tuple(_compile(i, slot, clock, numeric=False) for i in node.items)
+        items = tuple(_compile(i, env, numeric=False) for i in node.items)
         return _all(items) if node.op == "and" else _any(items)
-    return _negate_condition(_compile(node.operand, slot, clock, numeric=False))
+    return _negate_condition(_compile(node.operand, env, numeric=False))
 
 
 def _constant(value: float | int) -> Evaluate:
@@ -657,13 +739,11 @@ def _read(s: SignalSlot, *, numeric: bool, previous: bool) -> Evaluate:
     return value
 
 
-def _compile_call(
-    node: Call, slot: Callable[[str], SignalSlot], clock: Clock, *, numeric: bool
-) -> Evaluate:
-    function = node.function
+def _compile_call(node: Call, env: _Env, *, numeric: bool) -> Evaluate:
+    function, clock = node.function, env.clock
     if function == "abs":
         assert node.arg is not None
-        arg = _compile(node.arg, slot, clock, numeric=True)
+        arg = _compile(node.arg, env, numeric=True)
 
         def absolute() -> Value | bool | None:
             x = arg()
@@ -671,7 +751,7 @@ def _compile_call(
 
         return absolute
     assert node.signal is not None
-    s = slot(node.signal)
+    s = env.slot(node.signal)
     if function == "prev":
         return _read(s, numeric=numeric, previous=True)
     if function == "changed":
@@ -709,6 +789,20 @@ def _compile_call(
         return running.value(clock.now)
 
     return extreme
+
+
+def _inside(area: Geofence, lat: SignalSlot, lon: SignalSlot) -> Evaluate:
+    contains = area.contains
+
+    def inside() -> Value | bool | None:
+        y, x = lat.value, lon.value
+        if y is None or x is None or y.__class__ is str or x.__class__ is str:
+            return None
+        if y != y or x != x:  # noqa: PLR0124 - NaN: no position
+            return None
+        return contains(y, x)  # type: ignore[arg-type]
+
+    return inside
 
 
 def _negate(operand: Evaluate) -> Evaluate:

@@ -33,6 +33,15 @@ A scheme document holds any number of ``[[scheme]]`` tables (none is valid: an e
     pre_ms = 5000                                 # 0 … 60,000 (default 0)
     post_ms = 2000                                # 0 … 60,000 (default 0)
 
+    [[scheme]]                                    # entering the depot (GNSS position)
+    id = "at-depot"
+    kind = "condition"
+    condition = 'inside("depot")'
+
+    [[geofence]]                                  # areas for inside(); see agent.schemes.geofence
+    id = "depot"
+    circle = { lat = 48.1374, lon = 11.5755, radius_m = 300 }
+
 Keys by kind: every scheme takes ``id``, ``kind``, ``priority``, ``start``, ``expiry``,
 ``description`` and ``min_sample_period_ms``; ``periodic`` adds ``period_ms`` and ``signals``;
 ``on_change`` adds ``signals`` and ``deadband``; ``condition`` adds ``condition``,
@@ -75,6 +84,7 @@ from agent.errors import describe_toml_error
 from agent.errors import kind_of_value as _kind
 from agent.schemes.errors import ExpressionError, SchemeError
 from agent.schemes.expression import Expression, parse_expression
+from agent.schemes.geofence import Geofence, GeofenceError, parse_geofence
 from agent.schemes.model import (
     MAX_CAPTURE_MS,
     MAX_PERIOD_MS,
@@ -102,6 +112,8 @@ FORMAT_VERSION: Final = 1
 #: Most schemes in one document, and most signals in one scheme's list.
 MAX_SCHEMES: Final = 256
 MAX_SIGNALS: Final = 256
+#: Most geofences in one document (each of at most geofence.MAX_VERTICES vertices).
+MAX_GEOFENCES: Final = 64
 
 KINDS: Final = ("periodic", "on_change", "condition")
 _COMMON_KEYS: Final = (
@@ -176,12 +188,13 @@ class _Builder:
         *,
         hint: str | None = None,
         nth: int = 1,
+        table: str = "scheme",
     ) -> NoReturn:
         if index is None:
             path = key
         else:
-            path = f"scheme[{index}]" if key is None else f"scheme[{index}].{key}"
-        line = None if self.text is None else _locate(self.text, index, key, hint, nth)
+            path = f"{table}[{index}]" if key is None else f"{table}[{index}].{key}"
+        line = None if self.text is None else _locate(self.text, index, key, hint, nth, table)
         raise SchemeError(self.source, path, problem, line=line)
 
     # -- the document -------------------------------------------------------------------------
@@ -190,8 +203,10 @@ class _Builder:
         if not isinstance(data, Mapping):
             raise SchemeError(self.source, None, f"must be a table, not {_kind(data)}")
         for key in data:
-            if key not in ("version", "scheme"):
-                self.fail(None, str(key), "unknown key (expected one of: version, scheme)")
+            if key not in ("version", "scheme", "geofence"):
+                self.fail(
+                    None, str(key), "unknown key (expected one of: version, scheme, geofence)"
+                )
         if "version" in data:
             version = data["version"]
             if isinstance(version, bool) or version != FORMAT_VERSION:
@@ -203,6 +218,7 @@ class _Builder:
             self.fail(None, "scheme", f"must be an array of tables ([[scheme]]), not {_kind(raw)}")
         if len(raw) > MAX_SCHEMES:
             self.fail(None, "scheme", f"{len(raw)} schemes; at most {MAX_SCHEMES} in one document")
+        self.geofences = self.geofence_tables(data.get("geofence", []))
         schemes: list[Scheme] = []
         ids: dict[str, int] = {}
         for index, item in enumerate(raw):
@@ -214,6 +230,28 @@ class _Builder:
             ids[scheme.id] = index
             schemes.append(scheme)
         return tuple(schemes)
+
+    def geofence_tables(self, raw: object) -> dict[str, Geofence]:
+        if not isinstance(raw, list):
+            self.fail(
+                None, "geofence", f"must be an array of tables ([[geofence]]), not {_kind(raw)}"
+            )
+        if len(raw) > MAX_GEOFENCES:
+            self.fail(None, "geofence", f"{len(raw)} geofences; at most {MAX_GEOFENCES}")
+        fences: dict[str, Geofence] = {}
+        for index, item in enumerate(raw):
+            try:
+                fence = parse_geofence(item)
+            except GeofenceError as e:
+                # "polygon[3]" or "circle.lat": located by the line of "polygon" or "circle",
+                # the full key named in the message.
+                key = None if e.key is None else re.split(r"[.\[]", e.key, maxsplit=1)[0]
+                problem = e.problem if e.key == key else f"{e.key}: {e.problem}"
+                self.fail(index, key, problem, table="geofence")
+            if fence.id in fences:
+                self.fail(index, "id", f"{fence.id!r} is declared twice", table="geofence")
+            fences[fence.id] = fence
+        return fences
 
     def scheme(self, i: int, tbl: object) -> Scheme:
         if not isinstance(tbl, Mapping):
@@ -264,7 +302,17 @@ class _Builder:
                 names = self.names(i, tbl, "capture", required=True)
             else:
                 names = sorted(expression.signals)
+            unknown = sorted(expression.zones - self.geofences.keys())
+            if unknown:
+                declared = ", ".join(sorted(self.geofences)) or "none"
+                self.fail(
+                    i,
+                    "condition",
+                    f"inside({unknown[0]!r}): no such geofence (declared: {declared}); "
+                    "declare it in a [[geofence]] table",
+                )
             collection = Condition(
+                geofences=tuple(self.geofences[z] for z in sorted(expression.zones)),
                 expression=expression,
                 capture=self.specs(i, tbl, names),
                 rising_edge_only=self.boolean(i, tbl, "rising_edge_only", True),
@@ -425,7 +473,12 @@ class _Builder:
 
 
 def _locate(
-    text: str, index: int | None, key: str | None, hint: str | None, nth: int = 1
+    text: str,
+    index: int | None,
+    key: str | None,
+    hint: str | None,
+    nth: int = 1,
+    table: str = "scheme",
 ) -> int | None:
     """Best-effort 1-based line of ``scheme[index].key`` (or top-level ``key``) in TOML *text*.
 
@@ -438,7 +491,7 @@ def _locate(
             return None
         path: tuple[str | int, ...] = (key,)
     else:
-        path = ("scheme", index) if key is None else ("scheme", index, key)
+        path = (table, index) if key is None else (table, index, key)
     if hint:
         # The hint as a whole name, not part of a longer one ("A" is not in "GAS.A_B").
         pattern = re.compile(rf"(?<![\w.:]){re.escape(hint)}(?![\w.:])")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from agent.schemes.expression import Expression
+from agent.schemes.geofence import Geofence
 from agent.schemes.history import Value
 
 __all__ = [
@@ -169,6 +170,7 @@ class Condition:
     otherwise on every evaluation that is true. Triggers closer than ``min_interval_ms`` to the
     previous trigger are dropped, as are triggers while the previous one's post window is still
     open (its record covers them). An empty ``capture`` means the signals the expression reads.
+    ``geofences`` are the areas its ``inside()`` tests name (each exactly once).
     """
 
     expression: Expression
@@ -177,8 +179,15 @@ class Condition:
     min_interval_ms: int = 0
     pre_ms: int = 0
     post_ms: int = 0
+    geofences: tuple[Geofence, ...] = ()
 
     def __post_init__(self) -> None:
+        declared = {g.id for g in self.geofences}
+        if len(declared) != len(self.geofences):
+            raise ValueError("a condition's geofences must have distinct ids")
+        missing = sorted(self.expression.zones - declared)
+        if missing:
+            raise ValueError(f"no geofence {missing[0]!r} is declared")
         if not self.capture:
             specs = tuple(SignalSpec(n) for n in sorted(self.expression.signals))
             object.__setattr__(self, "capture", specs)

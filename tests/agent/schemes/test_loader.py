@@ -33,7 +33,10 @@ def documented_example() -> str:
 
 
 def test_the_documented_example_loads() -> None:
-    periodic, changes, over60 = parse_schemes(documented_example(), "example.toml")
+    periodic, changes, over60, depot = parse_schemes(documented_example(), "example.toml")
+    assert isinstance(depot.collection, Condition)
+    assert [g.id for g in depot.collection.geofences] == ["depot"]
+    assert depot.collection.geofences[0].contains(48.1374, 11.5755)
     assert periodic.id == "drive-10hz" and periodic.kind == "periodic"
     assert periodic.priority == 5 and periodic.description == "speed profile"
     assert periodic.start == dt.datetime(2025, 6, 1, tzinfo=dt.UTC).timestamp()
@@ -120,7 +123,7 @@ def test_times(value: str, expected: float) -> None:
 def test_load_from_file(tmp_path: Path) -> None:
     path = tmp_path / "schemes.toml"
     path.write_text(documented_example(), encoding="utf-8")
-    assert [s.id for s in load_schemes(path)] == ["drive-10hz", "changes", "over-60"]
+    assert [s.id for s in load_schemes(path)] == ["drive-10hz", "changes", "over-60", "at-depot"]
     with pytest.raises(SchemeError, match="file not found") as info:
         load_schemes(tmp_path / "missing.toml")
     assert info.value.source.endswith("missing.toml")
@@ -275,7 +278,7 @@ def test_the_same_errors_arrive_without_lines_from_payloads() -> None:
         ("version = 2\n", 1, "version", "2 is not supported (expected 1)"),
         ("[[scheme]]\nid = 'a'\n[[scheme]]\nx = [\n", 4, None, "TOML syntax error"),
         ('[[scheme]]\nid = "a"\nid = "b"\n', 3, None, "TOML syntax error"),
-        ('name = "x"\n', 1, "name", "unknown key (expected one of: version, scheme)"),
+        ('name = "x"\n', 1, "name", "unknown key (expected one of: version, scheme, geofence)"),
         ("scheme = 3\n", 1, "scheme", "must be an array of tables"),
         ("scheme = [1]\n", None, "scheme[0]", "must be a table, not a number"),
     ],
