@@ -9,6 +9,10 @@ and queues the records it returns; benchmarks and tests feed it directly.
 Signal names resolve per bus: a scheme's ``ESC_VehSpd`` subscribes every bus whose DBC has such a
 signal; a name that no bus's DBC knows is an error when the schemes are installed (at start-up,
 or when a pushed set arrives), never a silent gap in the data.
+
+Devices that are not CAN (the GNSS receiver, the modem) are *device buses*: a pseudo-bus name
+(``gnss``) with its messages and signal names (``GNSS.latitude``). Their values arrive already
+decoded through :meth:`TelemetryPipeline.process_signals` and resolve like CAN signals.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ class TelemetryPipeline:
     """Decodes frames of several buses and evaluates schemes and the last known state on them.
 
     *dbcs* maps a bus name to its databases (later ones win, as in :class:`~can_dbc.Decoder`).
-    Raises :class:`~agent.schemes.SchemeError` when a scheme or state signal is in no DBC.
+    *device_buses* maps a pseudo-bus name to its messages and their signal names.
+    Raises :class:`~agent.schemes.SchemeError` when a scheme or state signal is in no DBC and on
+    no device bus.
     """
 
     def __init__(
@@ -62,10 +68,20 @@ class TelemetryPipeline:
         *,
         state_signals: Iterable[str] = (),
         state_interval_ms: int = 1000,
+        device_buses: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
     ) -> None:
         self.stats = PipelineStats()
         self._dbcs = {bus: list(dbs) for bus, dbs in dbcs.items()}
         self._known = {bus: _known_names(dbs) for bus, dbs in self._dbcs.items()}
+        for bus, messages in (device_buses or {}).items():
+            if bus in self._dbcs:
+                raise ValueError(f"device bus {bus!r} is also a CAN bus")
+            self._known[bus] = {
+                name
+                for message, signals in messages.items()
+                for signal in signals
+                for name in (signal, f"{message}.{signal}")
+            }
         self._state = LastKnownState(state_signals, min_interval_ms=state_interval_ms)
         self._state_refs = [SignalRef.parse(name) for name in sorted(self._state.signals_used())]
         self._state_changed = False
@@ -104,12 +120,13 @@ class TelemetryPipeline:
                     del unresolved[name]
         if unresolved:
             name, ref = sorted(unresolved.items())[0]
-            buses = ", ".join(sorted(self._dbcs)) or "none"
+            buses = ", ".join(sorted(self._known)) or "none"
             where = f"bus {ref.bus!r}" if ref.bus else f"the DBCs of any bus ({buses})"
             raise SchemeError("schemes", None, f"signal {name!r} is not defined in {where}")
         return {
             bus: (Decoder.from_databases(self._dbcs[bus], signals=sorted(names)) if names else None)
             for bus, names in wanted.items()
+            if bus in self._dbcs
         }
 
     def replace_schemes(self, schemes: Sequence[Scheme]) -> list[CollectedRecord]:
@@ -156,6 +173,18 @@ class TelemetryPipeline:
         if out:
             self._count(out)
         return out
+
+    def process_signals(
+        self, t: float, bus: str, message: str, signals: Mapping[str, float | int | str]
+    ) -> list[CollectedRecord]:
+        """Evaluate one device bus's already decoded values (a GNSS fix, a modem poll)."""
+        records = self._evaluator.feed(t, bus, message, signals)
+        if self._state.feed(t, bus, message, signals):
+            self._state_changed = True
+        self.stats.decoded += 1
+        if records:
+            self._count(records)
+        return records
 
     def tick(self, t: float) -> list[CollectedRecord]:
         """Advance bus time when frames are sparse: periodic records and closed captures."""

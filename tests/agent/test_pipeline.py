@@ -88,3 +88,38 @@ def test_ticks_close_periods_when_the_bus_is_quiet() -> None:
     records = pipeline.tick(10.35)
     # A jump forward gives one record per periodic scheme: the values did not change between.
     assert [round(r.trigger_time, 2) for r in records] == [10.3]
+
+
+def test_device_buses_resolve_like_can_and_feed_schemes_and_state() -> None:
+    schemes = parse_schemes(
+        """
+[[scheme]]
+id = "where"
+kind = "on_change"
+signals = ["GNSS.latitude", "modem:rssi_dbm"]
+
+[[scheme]]
+id = "fast-and-home"
+kind = "condition"
+condition = 'ESC_VehSpd > 50 and inside("home")'
+
+[[geofence]]
+id = "home"
+circle = { lat = 48.0, lon = 11.0, radius_m = 100 }
+"""
+    )
+    devices = {"gnss": {"GNSS": ["latitude", "longitude"]}, "modem": {"MODEM": ["rssi_dbm"]}}
+    with pytest.raises(SchemeError, match=r"GNSS\.latitude.*\(can0, modem\)"):
+        TelemetryPipeline({"can0": [DB]}, schemes, device_buses={"modem": devices["modem"]})
+    pipeline = TelemetryPipeline(
+        {"can0": [DB]}, schemes, state_signals=["gnss:GNSS.latitude"], device_buses=devices
+    )
+    assert set(pipeline.frame_ids()) == {"can0"}  # nothing to read off a device bus
+    records = pipeline.process_signals(10.0, "gnss", "GNSS", {"latitude": 48.0, "longitude": 11.0})
+    records += pipeline.process_signals(10.1, "modem", "MODEM", {"rssi_dbm": -71})
+    records += pipeline.process([_speed(10.2, 60.0)])
+    assert [r.scheme_id for r in records] == ["where", "where", "fast-and-home"]
+    state = pipeline.take_state()
+    assert state is not None and state["gnss:GNSS.latitude"].value == 48.0
+    with pytest.raises(ValueError, match="also a CAN bus"):
+        TelemetryPipeline({"gnss": [DB]}, (), device_buses=devices)
