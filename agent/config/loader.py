@@ -34,6 +34,8 @@ from agent.config.model import (
     AgentConfig,
     BusConfig,
     CommandsConfig,
+    GnssConfig,
+    ModemConfig,
     MqttConfig,
     QueueConfig,
     SchemesConfig,
@@ -81,7 +83,13 @@ SECTIONS: Final[Mapping[str, tuple[str, ...]]] = {
     "commands": ("trusted_keys", "max_bytes", "max_skew_s", "max_lifetime_s"),
     "status": ("socket", "prometheus"),
     "shutdown": ("stage_timeout_s",),
+    "gnss": ("port", "baudrate", "silence_timeout_s", "fix_timeout_s"),
+    "modem": ("port", "baudrate", "poll_interval_s", "response_timeout_s"),
 }
+_GNSS_DEFAULTS: Final = GnssConfig(port="-")
+_MODEM_DEFAULTS: Final = ModemConfig(port="-")
+# The rates serial ports are commonly set to; anything else is most likely a typo.
+_BAUDRATES: Final = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
 _VEHICLE_ID_RE: Final = re.compile(r"[^\s/+#]{1,64}")
 _SIZE_RE: Final = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*")
@@ -244,6 +252,8 @@ class _Builder:
         commands = self.commands(data)
         status = self.status(data, state_dir)
         shutdown = self.shutdown(data)
+        gnss = self.gnss(data)
+        modem = self.modem(data)
         config = AgentConfig(
             vehicle_id=vehicle_id,
             state_dir=state_dir,
@@ -255,6 +265,8 @@ class _Builder:
             state=state,
             commands=commands,
             shutdown=shutdown,
+            gnss=gnss,
+            modem=modem,
             source=self.source,
         )
         try:
@@ -566,6 +578,62 @@ class _Builder:
                 hi=120.0,
                 why="a stuck stage would hold up the service manager's stop",
             )
+        )
+
+    def serial_port(self, tbl: Mapping[str, Any], at: KeyPath, example: str) -> tuple[str, int]:
+        """``port`` (required; it need not exist yet: USB devices come and go) and ``baudrate``."""
+        port = self.string(tbl, at, "port")
+        if port is None or not port.strip():
+            self.fail((*at, "port"), f"is required: the device's serial port, e.g. {example}")
+        default = _GNSS_DEFAULTS.baudrate if at == ("gnss",) else _MODEM_DEFAULTS.baudrate
+        baudrate = self.integer(tbl, at, "baudrate", default, 50, 4_000_000)
+        if baudrate not in _BAUDRATES:
+            rates = ", ".join(map(str, _BAUDRATES))
+            self.fail((*at, "baudrate"), f"{baudrate} is not a standard rate ({rates})")
+        return port, baudrate
+
+    def gnss(self, data: Mapping[str, Any]) -> GnssConfig | None:
+        if "gnss" not in data:
+            return None
+        at: KeyPath = ("gnss",)
+        tbl = self.section(data, "gnss")
+        port, baudrate = self.serial_port(tbl, at, 'port = "/dev/ttyACM0"')
+        return GnssConfig(
+            port=port,
+            baudrate=baudrate,
+            silence_timeout_s=self.duration(
+                tbl,
+                at,
+                "silence_timeout_s",
+                _GNSS_DEFAULTS.silence_timeout_s,
+                zero=False,
+                hi=3600.0,
+            ),
+            fix_timeout_s=self.duration(
+                tbl, at, "fix_timeout_s", _GNSS_DEFAULTS.fix_timeout_s, zero=False, hi=86400.0
+            ),
+        )
+
+    def modem(self, data: Mapping[str, Any]) -> ModemConfig | None:
+        if "modem" not in data:
+            return None
+        at: KeyPath = ("modem",)
+        tbl = self.section(data, "modem")
+        port, baudrate = self.serial_port(tbl, at, 'port = "/dev/ttyUSB2"')
+        poll = self.duration(
+            tbl, at, "poll_interval_s", _MODEM_DEFAULTS.poll_interval_s, zero=False, hi=3600.0
+        )
+        timeout = self.duration(
+            tbl,
+            at,
+            "response_timeout_s",
+            _MODEM_DEFAULTS.response_timeout_s,
+            zero=False,
+            hi=poll,
+            why="a poll must end before the next begins",
+        )
+        return ModemConfig(
+            port=port, baudrate=baudrate, poll_interval_s=poll, response_timeout_s=timeout
         )
 
     # -- values -------------------------------------------------------------------------------

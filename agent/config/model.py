@@ -22,6 +22,8 @@ __all__ = [
     "AgentConfig",
     "BusConfig",
     "CommandsConfig",
+    "GnssConfig",
+    "ModemConfig",
     "MqttConfig",
     "QueueConfig",
     "SchemesConfig",
@@ -125,6 +127,31 @@ class StatusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GnssConfig:
+    """``[gnss]``: the GNSS receiver's NMEA serial port; its values are ``gnss:GNSS.*`` signals.
+
+    A receiver sending nothing for ``silence_timeout_s`` is reported silent and its port reopened;
+    one without a valid fix for ``fix_timeout_s`` is reported as having lost its fix.
+    """
+
+    port: str
+    baudrate: int = 9600
+    silence_timeout_s: float = 3.0
+    fix_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModemConfig:
+    """``[modem]``: the cellular modem's AT command port, polled every ``poll_interval_s`` for
+    ``modem:MODEM.*`` signals (signal quality, registration, operator, access technology)."""
+
+    port: str
+    baudrate: int = 115200
+    poll_interval_s: float = 10.0
+    response_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownConfig:
     """``[shutdown]``: the time each shutdown stage may take before it is cut short."""
 
@@ -145,6 +172,8 @@ class AgentConfig:
     state: StateConfig = field(default_factory=StateConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
+    gnss: GnssConfig | None = None
+    modem: ModemConfig | None = None
     source: str = "<defaults>"
 
     @property

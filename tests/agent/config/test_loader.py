@@ -23,6 +23,8 @@ from agent.config import (
     DEFAULT_STATE_DIR,
     AgentConfig,
     ConfigError,
+    GnssConfig,
+    ModemConfig,
     load_config,
     parse_config,
 )
@@ -405,6 +407,13 @@ ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ("[shutdown]\nstage_timeout_s = 121\n", 7, "shutdown.stage_timeout_s",
      "121 is above the maximum of 120 s"),
     ("[shutdown]\nstage_timeout_s = -1\n", 7, "shutdown.stage_timeout_s", "must be more than 0 s"),
+    # [gnss], [modem]
+    ("[gnss]\nbaudrate = 9600\n", 6, "gnss.port", "is required: the device's serial port"),
+    ('[gnss]\nport = "/dev/x"\nbaudrate = 9601\n', 8, "gnss.baudrate", "not a standard rate"),
+    ('[gnss]\nport = "/dev/x"\nfix_timeout_s = 0\n', 8, "gnss.fix_timeout_s", "more than 0"),
+    ('[modem]\nport = "/dev/x"\npoll_interval_s = 5\nresponse_timeout_s = 6\n', 9,
+     "modem.response_timeout_s", "a poll must end before the next begins"),
+    ('[modem]\nport = ""\n', 7, "modem.port", "is required"),
 ]  # fmt: skip
 
 
@@ -427,7 +436,7 @@ DOCUMENT_ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ("", None, "vehicle.id", "is required"),
     ('color = "red"\n' + BASE, 1, "color",
      "unknown key (expected one of: vehicle, bus, schemes, state, queue, mqtt, commands, status, "
-     "shutdown)"),
+     "shutdown, gnss, modem)"),
     ("[vehicle]\nstate_dir = '/x'\n", 1, "vehicle.id", "is required"),
     ("vehicle = 5\n", 1, "vehicle", "must be a table ([vehicle]), not a number"),
     ('[vehicle]\nid = "a/b"\n', 2, "vehicle.id", "'a/b' must be 1–64 printable characters"),
@@ -538,6 +547,12 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
     text = re.sub(
         r"(?m)^# ((?:dbc|password_file|ca_file|cert_file|key_file|backend-2025) = )", r"\1", text
     )
+    text = re.sub(
+        r"(?m)^# (\[(?:gnss|modem)\]|(?:port|baudrate|silence_timeout_s|fix_timeout_s"
+        r"|poll_interval_s|response_timeout_s) = )",
+        r"\1",
+        text,
+    )
     text = text.replace("/etc/tbox/vehicle.dbc", str(SAMPLE_VEHICLE_DBC))
     (tmp_path / "agent.toml").write_text(text)
     config = load_config(tmp_path / "agent.toml")
@@ -547,6 +562,8 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
         ("backend-2025", tmp_path / "keys" / "backend-2025.pub"),
     )
     assert config.buses[0].dbc == (SAMPLE_VEHICLE_DBC,)
+    assert config.gnss == GnssConfig("/dev/ttyACM0", 9600, 3.0, 10.0)
+    assert config.modem == ModemConfig("/dev/ttyUSB2", 115200, 10.0, 2.0)
 
     keys = set(re.findall(r"(?m)^([a-z_0-9]+) = ", text))
     for section, names in SECTIONS.items():
