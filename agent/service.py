@@ -409,6 +409,10 @@ class AgentService:
                 "connect_failures": u.connect_failures,
                 "malformed": u.malformed,
                 "last_error": u.last_error,
+                "link_events": [
+                    {"t": e.t, "event": e.event, "quality": dict(e.quality), "error": e.error}
+                    for e in u.link_events
+                ],
             }
         if channel is not None:
             c = channel.stats

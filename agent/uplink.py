@@ -46,7 +46,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -178,7 +178,9 @@ class UplinkStats:
     and pushed out of a full outbox;
     ``incoming`` and ``incoming_dropped`` count messages received on the subscriptions and those
     dropped because nobody read them fast enough. ``subscribed`` is true while connected with
-    every subscription acknowledged.
+    every subscription acknowledged. ``link_events`` are the latest connections and losses
+    (newest last, at most :data:`LINK_EVENTS_KEPT`), each with the cellular link's quality at
+    that moment when the uplink was given a ``link_quality`` source: what explains a gap.
     """
 
     batches: int = 0
@@ -198,6 +200,23 @@ class UplinkStats:
     protocol: str = "5"
     last_error: str = ""
     by_kind: dict[str, int] = field(default_factory=dict)
+    link_events: list[LinkEvent] = field(default_factory=list)
+
+
+#: How many connections and losses :attr:`UplinkStats.link_events` keeps.
+LINK_EVENTS_KEPT: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """The uplink connected or lost its connection at wall time ``t``; ``quality`` is what the
+    link-quality source said then (e.g. ``{"rssi_dbm": -71, "access_technology": "E-UTRAN"}``),
+    empty without one; ``error`` is why a connection was lost or refused."""
+
+    t: float
+    event: Literal["connected", "lost"]
+    quality: Mapping[str, object]
+    error: str = ""
 
 
 class PublishRefusedError(aiomqtt.MqttError):
@@ -276,9 +295,16 @@ class Uplink:
     from the ``async with`` block.
     """
 
-    def __init__(self, config: UplinkConfig, queue: UploadQueue) -> None:
+    def __init__(
+        self,
+        config: UplinkConfig,
+        queue: UploadQueue,
+        *,
+        link_quality: Callable[[], Mapping[str, object] | None] | None = None,
+    ) -> None:
         self.config = config
         self.stats = UplinkStats()
+        self._link_quality = link_quality
         self._queue = queue
         self._wakeup = asyncio.Event()
         self._protocol = (
@@ -425,6 +451,8 @@ class Uplink:
             if error is None:  # pragma: no cover - both session tasks run until they fail
                 continue
             self.stats.last_error = f"{type(error).__name__}: {error}"
+            if connected:
+                self._record_link("lost", self.stats.last_error)
             if not connected:
                 self.stats.connect_failures += 1
                 if self._refused_protocol(error):
@@ -437,7 +465,27 @@ class Uplink:
             self.stats.reconnects += 1
         self._connected_once = True
         self.stats.link = "connected"
-        log.info("uplink: connected to %s:%d", self.config.host, self.config.port)
+        event = self._record_link("connected")
+        quality = ", ".join(f"{k} {v}" for k, v in event.quality.items())
+        log.info(
+            "uplink: connected to %s:%d%s",
+            self.config.host,
+            self.config.port,
+            f" (link: {quality})" if quality else "",
+        )
+
+    def _record_link(self, kind: Literal["connected", "lost"], error: str = "") -> LinkEvent:
+        quality: Mapping[str, object] = {}
+        if self._link_quality is not None:
+            try:
+                quality = dict(self._link_quality() or {})
+            except Exception:  # a broken source must not stop the uplink
+                log.exception("uplink: the link-quality source failed")
+        event = LinkEvent(time.time(), kind, quality, error)
+        events = self.stats.link_events
+        events.append(event)
+        del events[:-LINK_EVENTS_KEPT]
+        return event
 
     def _refused_protocol(self, error: Exception) -> bool:
         if not isinstance(error, aiomqtt.MqttCodeError):

@@ -169,6 +169,24 @@ async def test_records_arrive_decoded_with_equal_values(
         assert sequences == sorted(set(sequences))
 
 
+async def test_a_failing_link_quality_source_does_not_stop_the_uplink(
+    tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
+) -> None:
+    broker, received, _ = backend
+
+    def broken() -> dict[str, object]:
+        raise OSError("modem port gone")
+
+    async with (
+        UploadQueue(tmp_path / "q.db") as queue,
+        Uplink(_config(tmp_path, broker.port), queue, link_quality=broken) as uplink,
+    ):
+        await queue.put(_items(range(5)))
+        uplink.notify()
+        await _until(lambda: len(received.numbers()) == 5)
+        assert [(e.event, dict(e.quality)) for e in uplink.stats.link_events] == [("connected", {})]
+
+
 async def test_most_urgent_first_and_unbatchable_dropped(
     tmp_path: Path, backend: tuple[MosquittoBroker, Received, asyncio.Event]
 ) -> None:
@@ -194,7 +212,15 @@ async def test_broker_killed_and_restarted_loses_nothing(
         tmp_path, broker.port, batch_max_bytes=512, take_max_bytes=2048, backoff_initial_s=0.5
     )
     total = 600
-    async with UploadQueue(tmp_path / "q.db") as queue, Uplink(config, queue) as uplink:
+    polls = iter(range(-60, -200, -10))
+
+    def link_quality() -> dict[str, object]:
+        return {"rssi_dbm": next(polls), "access_technology": "E-UTRAN"}
+
+    async with (
+        UploadQueue(tmp_path / "q.db") as queue,
+        Uplink(config, queue, link_quality=link_quality) as uplink,
+    ):
         await queue.put(_items(range(total)))
         uplink.notify()
         await _until(lambda: len(received.batches) >= 3)
@@ -225,6 +251,9 @@ async def test_broker_killed_and_restarted_loses_nothing(
         # Every batch the subscriber saw was one publish: a first one or a counted resend.
         assert len(received.batches) <= stats.batches + stats.resent
         assert stats.last_error
+        # The link's quality is on record at each connection and at the loss.
+        events = [(e.event, e.quality.get("rssi_dbm"), bool(e.error)) for e in stats.link_events]
+        assert events == [("connected", -60, False), ("lost", -70, True), ("connected", -80, False)]
 
 
 async def test_crash_before_ack_loses_nothing(
