@@ -419,7 +419,28 @@ def _uplink(uplink: Mapping[str, Any]) -> Text | None:
     text.append(" · " + _items(pairs))
     if uplink.get("last_error"):
         text.append(f"\nlast error: {uplink['last_error']}", style="red")
+    events = uplink.get("link_events")
+    if isinstance(events, list):
+        # The cellular link's quality at the latest connections and losses explains gaps.
+        for event in [e for e in events if isinstance(e, Mapping)][-3:]:
+            quality = event.get("quality")
+            shown = (
+                _items([(str(k), _text(v)) for k, v in quality.items()])
+                if isinstance(quality, Mapping) and quality
+                else "no link-quality source"
+            )
+            text.append(f"\n{_clock(event.get('t'))} {_text(event.get('event'))}: {shown}")
     return text
+
+
+def _clock(t: object) -> str:
+    """Wall time *t* as local ``HH:MM:SS``; ``–`` if it is not a usable time."""
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        return _MISSING
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):
+        return _MISSING
 
 
 def _commands(commands: Mapping[str, Any]) -> Text | None:

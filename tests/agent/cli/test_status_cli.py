@@ -463,3 +463,25 @@ def test_human_bytes(count: int, shown: str) -> None:
 )
 def test_human_duration(seconds: float | None, shown: str) -> None:
     assert status_cli.human_duration(seconds) == shown
+
+
+def test_human_view_shows_link_quality_at_connections_and_losses() -> None:
+    snapshot = {
+        "vehicle_id": "V",
+        "uplink": {
+            "link": "connected",
+            "link_events": [
+                {"t": 0.0, "event": "connected", "quality": {}, "error": ""},
+                {"t": 1.0, "event": "lost", "quality": {"rssi_dbm": -109}, "error": "x"},
+                {"t": 2.0, "event": "connected", "quality": {"rssi_dbm": -71, "act": "LTE"}},
+                "garbage",
+                {"t": "never", "event": None, "quality": [1]},
+            ],
+        },
+    }
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(status_cli.render_status(snapshot))
+    text = console.export_text()
+    assert "lost: rssi_dbm -109" in text
+    assert "connected: rssi_dbm -71 · act LTE" in text
+    assert "– –: no link-quality source" in text
