@@ -30,7 +30,12 @@ EXIT_STATUS = 137  # what a shell reports for a process killed by SIGKILL (128 +
 
 # Every module that declares crash points. all_crashpoints() imports them so that the listing is
 # complete even in a process that has not used them yet: add a module here when it declares one.
-DECLARING_MODULES: tuple[str, ...] = ("agent.telemetry_codec", "agent.upload_queue", "agent.uplink")
+DECLARING_MODULES: tuple[str, ...] = (
+    "agent.telemetry_codec",
+    "agent.upload_queue",
+    "agent.uplink",
+    "ota.fetcher",
+)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
 
