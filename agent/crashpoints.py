@@ -34,6 +34,7 @@ DECLARING_MODULES: tuple[str, ...] = (
     "agent.telemetry_codec",
     "agent.upload_queue",
     "agent.uplink",
+    "ota.ab_installer",
     "ota.fetcher",
 )
 

@@ -8,15 +8,18 @@ stops the start with an explained error before a single frame is read:
 2. the :class:`~agent.upload_queue.UploadQueue` (SQLite, its own thread);
 3. the :class:`~agent.uplink.Uplink` (MQTT; subscribes ``vehicles/<id>/cmd/#``);
 4. the :class:`~agent.status_endpoint.StatusEndpoint` (``tbox status``, Prometheus);
-5. the :class:`~agent.frame_source.FrameSource` (one reader thread per bus).
+5. the :class:`~agent.frame_source.FrameSource` (one reader thread per bus), and the serial
+   devices configured: the :class:`~agent.gnss.GnssReceiver` and the
+   :class:`~agent.modem.ModemMonitor` (a missing port is not an error: it is retried).
 
 Then, in one :class:`asyncio.TaskGroup`: *intake* (frame batches → :class:`TelemetryPipeline` →
-queue), *ticker* (timers when buses are quiet, the retained ``state`` topic) and *commands*
-(:class:`~agent.command_channel.CommandChannel`).
+queue), *ticker* (timers when buses are quiet, the retained ``state`` topic), *commands*
+(:class:`~agent.command_channel.CommandChannel`) and one task per serial device (its values →
+the pipeline as the device buses ``gnss`` and ``modem``; its health changes → the log).
 
 Shutdown (SIGTERM, Ctrl-C, or a failed stage) runs the stages in reverse, each bounded by
-``[shutdown] stage_timeout_s``: stop reading the buses; close open capture windows and commit
-their records; stop the uplink (what it has not delivered stays queued); close the status
+``[shutdown] stage_timeout_s``: stop reading the buses and devices; close open capture windows
+and commit their records; stop the uplink (what it has not delivered stays queued); close the status
 endpoint; close the queue. A stage that overruns is cut short with a warning; records the queue
 accepted are on disk whatever happens (contract C6).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -39,9 +43,12 @@ from agent.config.model import AgentConfig
 from agent.durable_file import write_durably
 from agent.errors import InputError
 from agent.frame_source import FrameSource
+from agent.gnss import GNSS_BUS, GNSS_MESSAGE, GNSS_SIGNALS, GnssReceiver, GnssUpdate
+from agent.modem import MODEM_BUS, MODEM_MESSAGE, MODEM_SIGNALS, ModemMonitor, ModemUpdate
 from agent.pipeline import TelemetryPipeline
 from agent.proto.tbox.v1 import SCHEMA_VERSION, SignalState, StateUpdate
 from agent.schemes import CollectedRecord, Sample, Scheme, load_schemes, parse_schemes
+from agent.serial_device import StateChange
 from agent.status_endpoint import StatusEndpoint
 from agent.telemetry_codec import encode_record
 from agent.uplink import Uplink
@@ -94,6 +101,10 @@ class AgentService:
         self._uplink: Uplink | None = None
         self._source: FrameSource | None = None
         self._channel: CommandChannel | None = None
+        self._gnss: GnssReceiver | None = None
+        self._modem: ModemMonitor | None = None
+        # The latest value of every device signal, for the status snapshot.
+        self._device_values: dict[str, dict[str, float | int | str]] = {}
         self._scheme_source = "files"
         self._queued = 0
         self._encode_errors = 0
@@ -115,11 +126,17 @@ class AgentService:
         cfg = self.config
         await asyncio.to_thread(cfg.state_dir.mkdir, parents=True, exist_ok=True)
         dbcs, schemes, keys = await asyncio.to_thread(self._load_inputs)
+        device_buses: dict[str, dict[str, list[str]]] = {}
+        if cfg.gnss is not None:
+            device_buses[GNSS_BUS] = {GNSS_MESSAGE: list(GNSS_SIGNALS)}
+        if cfg.modem is not None:
+            device_buses[MODEM_BUS] = {MODEM_MESSAGE: list(MODEM_SIGNALS)}
         self.pipeline = TelemetryPipeline(
             dbcs,
             schemes,
             state_signals=cfg.state.signals,
             state_interval_ms=cfg.state.min_interval_ms,
+            device_buses=device_buses,
         )
         verifier = CommandVerifier(
             keys,
@@ -136,7 +153,7 @@ class AgentService:
         await queue.open()
         self._queue = queue
         try:
-            async with Uplink(uplink_config, queue) as uplink:
+            async with Uplink(uplink_config, queue, link_quality=self._link_quality) as uplink:
                 self._uplink = uplink
                 self._channel = CommandChannel(verifier, self._handlers(), uplink)
                 try:
@@ -158,11 +175,32 @@ class AgentService:
         status = StatusEndpoint(
             self.snapshot, socket_path=cfg.status.socket, prometheus=cfg.status.prometheus
         )
-        async with status:
+        async with status, contextlib.AsyncExitStack() as devices:
             source = FrameSource([bus.spec for bus in cfg.buses], frame_ids=pipeline.frame_ids())
             await source.__aenter__()
             self._source = source
+            devices.push_async_callback(self._close_devices)
             try:
+                if cfg.gnss is not None:
+                    g = cfg.gnss
+                    self._gnss = await devices.enter_async_context(
+                        GnssReceiver(
+                            g.port,
+                            baudrate=g.baudrate,
+                            silence_timeout_s=g.silence_timeout_s,
+                            fix_timeout_s=g.fix_timeout_s,
+                        )
+                    )
+                if cfg.modem is not None:
+                    m = cfg.modem
+                    self._modem = await devices.enter_async_context(
+                        ModemMonitor(
+                            m.port,
+                            baudrate=m.baudrate,
+                            poll_interval_s=m.poll_interval_s,
+                            response_timeout_s=m.response_timeout_s,
+                        )
+                    )
                 log.info(
                     "agent %s started: %d buses, %d schemes (%s), broker %s:%d",
                     cfg.vehicle_id,
@@ -179,8 +217,16 @@ class AgentService:
                     channel = self._channel
                     assert channel is not None
                     tasks.create_task(channel.run(uplink.messages), name="agent-commands")
+                    if self._gnss is not None:
+                        tasks.create_task(self._device(self._gnss), name="agent-gnss")
+                    if self._modem is not None:
+                        tasks.create_task(self._device(self._modem), name="agent-modem")
             finally:
-                await self._stage("intake", source.aclose(grace=timeout), timeout)
+                await self._stage(
+                    "intake",
+                    asyncio.gather(source.aclose(grace=timeout), devices.aclose()),
+                    timeout,
+                )
                 await self._stage("collect", self._commit(pipeline.flush()), timeout)
 
     @staticmethod
@@ -236,6 +282,47 @@ class AgentService:
                 self._bus_mono = time.monotonic()
             if records:
                 await self._commit(records)
+
+    async def _device(self, device: GnssReceiver | ModemMonitor) -> None:
+        """Feed a serial device's values to the pipeline; log its health changes."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+        bus, message = (
+            (GNSS_BUS, GNSS_MESSAGE)
+            if isinstance(device, GnssReceiver)
+            else (MODEM_BUS, MODEM_MESSAGE)
+        )
+        item: GnssUpdate | ModemUpdate | StateChange
+        async for item in device:
+            if isinstance(item, StateChange):
+                level = logging.INFO if item.state == "ok" else logging.WARNING
+                log.log(level, "%s: %s → %s: %s", bus, item.previous, item.state, item.reason)
+                continue
+            if not item.signals:
+                continue
+            self._device_values.setdefault(bus, {}).update(item.signals)
+            # On the buses' clock, so that conditions mixing CAN and device signals (and windows
+            # over them) see one timeline even when the buses replay a log.
+            t = self._bus_now()
+            records = pipeline.process_signals(
+                item.time if t is None else t, bus, message, item.signals
+            )
+            if records:
+                await self._commit(records)
+
+    async def _close_devices(self) -> None:
+        self._gnss = None
+        self._modem = None
+
+    def _link_quality(self) -> dict[str, object] | None:
+        """The cellular link as the modem last saw it (for the uplink's link events)."""
+        modem = self._modem
+        latest = None if modem is None else modem.latest
+        if latest is None:
+            return None
+        quality: dict[str, object] = dict(latest.signals())
+        quality["age_s"] = round(max(0.0, time.time() - latest.time), 1)
+        return quality
 
     def _bus_now(self) -> float | None:
         if self._bus_t is None:
@@ -364,6 +451,13 @@ class AgentService:
                     "reopens": bus.reopens,
                     "last_error": bus.last_error,
                 }
+        devices: dict[str, Any] = {}
+        for kind, device in ((GNSS_BUS, self._gnss), (MODEM_BUS, self._modem)):
+            if device is not None:
+                devices[kind] = {
+                    **dataclasses.asdict(device.health),
+                    "values": dict(self._device_values.get(kind, {})),
+                }
         p = pipeline.stats if pipeline is not None else None
         result: dict[str, Any] = {
             "vehicle_id": cfg.vehicle_id,
@@ -372,6 +466,7 @@ class AgentService:
             "uptime_s": round(self._clock() - self._started, 3),
             "started": self._started,
             "buses": buses,
+            "devices": devices,
             "pipeline": {
                 "frames": p.frames if p else 0,
                 "decoded": p.decoded if p else 0,
