@@ -129,6 +129,14 @@ _QUEUE: Final[tuple[tuple[str, str, _Kind, str], ...]] = (
         "Age of the oldest queued item in seconds.",
     ),
 )
+_DEVICE_COUNTERS: Final = (
+    ("reopens", "tbox_device_reopens_total", "Times a serial device's port was reopened."),
+    ("sentences", "tbox_gnss_sentences_total", "Valid NMEA sentences received."),
+    ("bad_checksum", "tbox_gnss_bad_checksum_total", "NMEA lines with a wrong checksum."),
+    ("garbage", "tbox_device_garbage_total", "Lines or answers from a device that did not parse."),
+    ("polls", "tbox_modem_polls_total", "Modem status polls completed."),
+    ("timeouts", "tbox_modem_timeouts_total", "AT commands the modem did not answer in time."),
+)
 _UPLINK: Final[tuple[tuple[str, str, _Kind, str], ...]] = (
     ("batches", "tbox_uplink_batches_total", "counter", "Batches acknowledged by the broker."),
     ("records", "tbox_uplink_records_total", "counter", "Records delivered to the broker."),
@@ -221,6 +229,49 @@ def render_prometheus(snapshot: Mapping[str, Any]) -> str:
         )
     for key, name, kind, help_text in _UPLINK:
         out.add(name, kind, help_text, uplink.get(key))
+
+    devices = _section(snapshot, "devices")
+    for device_name, device in devices.items():
+        if not isinstance(device, Mapping):
+            continue
+        labels = (("device", str(device_name)),)
+        state = device.get("state")
+        if isinstance(state, str):
+            out.add(
+                "tbox_device_ok",
+                "gauge",
+                "1 while a serial device is healthy.",
+                state == "ok",
+                labels,
+            )
+        for key, name, help_text in _DEVICE_COUNTERS:
+            out.add(name, "counter", help_text, device.get(key), labels)
+    gnss_values = _section(_section(devices, "gnss"), "values")
+    out.add(
+        "tbox_gnss_fix",
+        "gauge",
+        "1 while the GNSS receiver has a valid fix.",
+        gnss_values.get("fix"),
+    )
+    out.add(
+        "tbox_gnss_satellites",
+        "gauge",
+        "Satellites the GNSS fix uses.",
+        gnss_values.get("satellites"),
+    )
+    modem_values = _section(_section(devices, "modem"), "values")
+    out.add(
+        "tbox_modem_rssi_dbm",
+        "gauge",
+        "Cellular signal strength in dBm.",
+        modem_values.get("rssi_dbm"),
+    )
+    out.add(
+        "tbox_modem_registered",
+        "gauge",
+        "1 while the modem is registered on a network.",
+        modem_values.get("registered"),
+    )
 
     commands = _section(snapshot, "commands")
     out.add(

@@ -302,6 +302,7 @@ def render_status(snapshot: Mapping[str, Any]) -> RenderableType:
         ("Pipeline", _pipeline(_section(snapshot, "pipeline"))),
         ("Queue", _queue(_section(snapshot, "queue"))),
         ("Uplink", _uplink(_section(snapshot, "uplink"))),
+        ("Devices", _devices(_section(snapshot, "devices"))),
         ("Commands", _commands(_section(snapshot, "commands"))),
         ("Schemes", _schemes(_section(snapshot, "schemes"))),
     ):
@@ -431,6 +432,53 @@ def _uplink(uplink: Mapping[str, Any]) -> Text | None:
             )
             text.append(f"\n{_clock(event.get('t'))} {_text(event.get('event'))}: {shown}")
     return text
+
+
+def _devices(devices: Mapping[str, Any]) -> Text | None:
+    if not devices:
+        return None
+    text = Text()
+    for kind in ("gnss", "modem"):
+        device = devices.get(kind)
+        if not isinstance(device, Mapping):
+            continue
+        values = device.get("values")
+        values = values if isinstance(values, Mapping) else {}
+        state = device.get("state")
+        if text:
+            text.append("\n")
+        text.append(f"{kind} ", style="bold")
+        text.append(_text(state), style="green" if state == "ok" else "red")
+        if kind == "gnss":
+            lat, lon = values.get("latitude"), values.get("longitude")
+            where = (
+                f"{lat:.5f}, {lon:.5f}"
+                if isinstance(lat, float | int) and isinstance(lon, float | int)
+                else "no position"
+            )
+            pairs = [
+                ("", where),
+                ("speed", f"{_count(values.get('speed'))} km/h"),
+                ("satellites", _count(values.get("satellites"))),
+                ("sentences", _count(device.get("sentences"))),
+                ("bad checksum", _count(device.get("bad_checksum"))),
+                ("garbage", _count(device.get("garbage"))),
+                ("reopens", _count(device.get("reopens"))),
+            ]
+        else:
+            pairs = [
+                ("", f"{_count(values.get('rssi_dbm'))} dBm"),
+                ("", _text(values.get("access_technology"))),
+                ("", _text(values.get("registration"))),
+                ("", _text(values.get("operator"))),
+                ("polls", _count(device.get("polls"))),
+                ("timeouts", _count(device.get("timeouts"))),
+                ("reopens", _count(device.get("reopens"))),
+            ]
+        text.append(" · " + _items(pairs))
+        if state != "ok" and device.get("last_error"):
+            text.append(f"\n  last error: {device['last_error']}", style="red")
+    return text or None
 
 
 def _clock(t: object) -> str:

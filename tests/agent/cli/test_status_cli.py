@@ -485,3 +485,34 @@ def test_human_view_shows_link_quality_at_connections_and_losses() -> None:
     assert "lost: rssi_dbm -109" in text
     assert "connected: rssi_dbm -71 · act LTE" in text
     assert "– –: no link-quality source" in text
+
+
+def test_human_view_shows_the_serial_devices() -> None:
+    snapshot = {
+        "vehicle_id": "V",
+        "devices": {
+            "gnss": {
+                "state": "ok",
+                "sentences": 1200,
+                "bad_checksum": 3,
+                "values": {
+                    "latitude": 48.137,
+                    "longitude": 11.5755,
+                    "speed": 54.2,
+                    "satellites": 9,
+                },
+            },
+            "modem": {
+                "state": "port_lost",
+                "last_error": "/dev/ttyUSB2: gone",
+                "values": {"rssi_dbm": -71, "access_technology": "E-UTRAN"},
+            },
+            "other": "junk",
+        },
+    }
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(status_cli.render_status(snapshot))
+    text = console.export_text()
+    assert "gnss ok · 48.13700, 11.57550 · speed 54.2 km/h · satellites 9 · sentences 1,200" in text
+    assert "modem port_lost · -71 dBm · E-UTRAN · – · –" in text
+    assert "last error: /dev/ttyUSB2: gone" in text
