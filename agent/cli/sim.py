@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
         description=(
             "The virtual vehicle. 'serve' offers it (or a replayed log) to socketcand clients, "
             "'run' drives CAN buses with it, 'replay' plays a log onto buses, 'record' writes "
-            "what is on buses to a candump -L log."
+            "what is on buses to a candump -L log; 'gnss', 'modem' and 'slcan' are simulated "
+            "serial devices on pseudo-terminals."
         ),
     )
     sub = parser.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
@@ -47,6 +48,9 @@ def register(subparsers: Any) -> None:
     _add_run(sub)
     _add_replay(sub)
     _add_record(sub)
+    from agent.cli import sim_twins
+
+    sim_twins.register(sub)
 
 
 # --- argument parsers --------------------------------------------------------------------------
@@ -136,6 +140,7 @@ def _add_serve(sub: Any) -> None:
         help="start sending only once N clients are connected (default 0)",
     )
     _add_common_run_options(p)
+    _add_companion_options(p)
     p.set_defaults(handler=_handle(_serve))
 
 
@@ -155,6 +160,7 @@ def _add_run(sub: Any) -> None:
     )
     _add_generator_options(p)
     _add_common_run_options(p)
+    _add_companion_options(p)
     p.set_defaults(handler=_handle(_run))
 
 
@@ -202,6 +208,12 @@ def _add_record(sub: Any) -> None:
     p.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
     p.add_argument("--quiet", action="store_true", help="no status line on stderr")
     p.set_defaults(handler=_handle(_record))
+
+
+def _add_companion_options(parser: argparse.ArgumentParser) -> None:
+    from agent.cli.sim_twins import add_companion_options
+
+    add_companion_options(parser)
 
 
 def _non_negative(text: str) -> float:
@@ -507,6 +519,7 @@ def _replay_summary(prog: str, name: str, replay: Any) -> list[str]:
 
 
 async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
+    from agent.cli.sim_twins import open_companions
     from sim.record import LogRecorder
     from sim.replay import LogReplay
     from sim.socketcand import SocketcandServer
@@ -540,6 +553,7 @@ async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
         producer = _make_generator(args, per_bus, args.bitrate)
     server = SocketcandServer(host, port, channels, lossless=args.speed == 0)
     async with contextlib.AsyncExitStack() as stack:
+        await open_companions(stack, args, getattr(producer, "model", None), prog)
         await stack.enter_async_context(server)
         if args.port_file:
             _write_port_file(args.port_file, server.port)
@@ -578,6 +592,7 @@ async def _open_bus_sinks(stack: contextlib.AsyncExitStack, specs: Sequence[BusS
 
 
 async def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
+    from agent.cli.sim_twins import open_companions
     from sim.record import LogRecorder
 
     prog = "tbox sim run"
@@ -590,6 +605,7 @@ async def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
         sinks = await _open_bus_sinks(stack, specs)
         if args.record:
             sinks.append(await stack.enter_async_context(LogRecorder(args.record)))
+        await open_companions(stack, args, producer.model, prog)
         runner = await _drive(prog, args, stopper, producer, sinks, bitrates, status=not args.quiet)
     print(
         f"{prog}: sent {runner.stats.frames} frames in {runner.stats.wall_time:.1f} s",
