@@ -51,7 +51,14 @@ class LocalBroker:
     switch to the ``mosquitto`` user and lose access to *workdir*, so it is told to stay root.
     """
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_config: str = "",
+        persistent: bool = False,
+    ) -> None:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError(
@@ -66,8 +73,12 @@ class LocalBroker:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
-            f"log_dest file {self.log}\n"
+            + (
+                f"persistence true\npersistence_location {workdir}/\n"
+                if persistent
+                else "persistence false\n"
+            )
+            + f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             + ("user root\n" if os.geteuid() == 0 and "user " not in extra_config else "")
             + extra_config
@@ -99,6 +110,18 @@ class LocalBroker:
                     self.kill()
                     raise BrokerError(f"mosquitto did not listen on {self.port}") from None
                 time.sleep(0.02)
+
+    def stop(self, within: float = 10.0) -> None:
+        """Stop the broker cleanly (SIGTERM): a persistent one saves its sessions and the
+        messages queued for them first, and has them again after :meth:`start`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(within)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
 
     def kill(self) -> None:
         """Stop the broker at once (SIGKILL), as a crash or power cut would."""

@@ -1,11 +1,14 @@
 """``tbox demo``: the sample vehicle, the agent and a broker end to end, with a live view (C1).
 
 Everything runs on this machine in one process (the broker in its own): the virtual vehicle
-(:mod:`sim`) sends its CAN traffic on an in-process bus; the agent (:class:`AgentService`, the same
+(:mod:`sim`) sends its CAN traffic on an in-process bus, and its simulated GNSS receiver and
+cellular modem answer on pseudo-terminals (the GNSS reads the same vehicle, so its speed is the
+CAN speed); the agent (:class:`AgentService`, the same
 code as ``tbox run``) reads and decodes it, collects records by the demo's schemes, queues them in
 SQLite and uploads them over MQTT; a backend subscriber decodes every batch it receives. The
 broker is a private Mosquitto on a free loopback port unless ``--broker`` names a running one.
-``--broker-outage S`` kills the local broker for S seconds: the queue grows, then drains.
+``--broker-outage S`` kills the local broker for S seconds and drops the modem's signal meanwhile:
+the queue grows, then drains, and the uplink's link events record the signal at the loss.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
     from agent.busurl import BusSpec
     from agent.local_broker import LocalBroker
     from agent.service import AgentService
+    from sim.modem_twin import ModemTwin
+    from sim.vehicle import VehicleModel
 
 _REFRESH_S: Final = 0.5
 _DRAIN_WAIT_S: Final = 5.0
@@ -63,7 +68,31 @@ min_interval_ms = 5000
 capture = ["ESC_VehSpd", "ESC_LongAccel", "ESC_BrakePressure"]
 pre_ms = 2000
 post_ms = 1000
+
+[[scheme]]
+id = "position-1hz"
+kind = "periodic"
+priority = 5
+period_ms = 1000
+signals = ["gnss:GNSS.latitude", "gnss:GNSS.longitude", "gnss:GNSS.speed",
+           "gnss:GNSS.satellites", "modem:MODEM.rssi_dbm", "modem:MODEM.access_technology"]
+
+[[scheme]]
+id = "left-start-area"
+kind = "condition"
+priority = 2
+condition = 'not inside("start")'
+capture = ["gnss:GNSS.latitude", "gnss:GNSS.longitude", "ESC_VehSpd"]
 """
+
+
+def demo_schemes(lat: float, lon: float) -> str:
+    """:data:`DEMO_SCHEMES` with the geofence ``start``: 150 m around where the drive begins."""
+    return (
+        f'{DEMO_SCHEMES}\n[[geofence]]\nid = "start"\n'
+        f"circle = {{ lat = {lat!r}, lon = {lon!r}, radius_m = 150 }}\n"
+    )
+
 
 _STATE_SIGNALS: Final = (
     "ESC_VehSpd",
@@ -72,6 +101,9 @@ _STATE_SIGNALS: Final = (
     "BMS_PackVoltage",
     "MCU_MotorSpeed",
     "TMS_OutsideTemp",
+    "gnss:GNSS.latitude",
+    "gnss:GNSS.longitude",
+    "modem:MODEM.rssi_dbm",
 )
 
 
@@ -194,6 +226,7 @@ class _Demo:
         self.events: deque[str] = deque(maxlen=200)
         self.started = time.time()
         self.service: AgentService | None = None
+        self.modem: ModemTwin | None = None
         self.final: dict[str, Any] = {}
         self.host = ""
         self.port = 0
@@ -215,19 +248,26 @@ class _Demo:
                 broker: LocalBroker | None = None
                 if self.external is None:
                     (work / "broker").mkdir()
-                    broker = LocalBroker(work / "broker")
+                    # Persistent, so that a restart keeps the backend's session: what the vehicle
+                    # delivers while the backend reconnects waits for it at the broker.
+                    broker = LocalBroker(work / "broker", persistent=True)
                     await asyncio.to_thread(broker.start)
                     self.host, self.port = "127.0.0.1", broker.port
                     self.event(f"local Mosquitto started on 127.0.0.1:{broker.port}")
                 else:
                     self.host, self.port = self.external
                 try:
-                    spec, config = self._config(work)
+                    from sim import VehicleModel, load_scenario
+
+                    scenario = load_scenario(self.args.scenario)
+                    model = VehicleModel(scenario, seed=self.args.seed)
+                    spec, config = self._config(work, model)
                     self.service = AgentService(config)
                     async with (
+                        self._devices(work, model),
                         self._subscriber(),
                         running(self.service),
-                        self._simulator(spec),
+                        self._simulator(spec, model),
                         asyncio.TaskGroup() as tasks,
                     ):
                         self.event("agent and simulator started")
@@ -271,11 +311,13 @@ class _Demo:
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # the last PUBLISH reaching the subscriber
 
-    def _config(self, work: Path) -> tuple[BusSpec, Any]:
+    def _config(self, work: Path, model: VehicleModel) -> tuple[BusSpec, Any]:
         from agent.busurl import parse_bus_url
         from agent.config.model import (
             AgentConfig,
             BusConfig,
+            GnssConfig,
+            ModemConfig,
             MqttConfig,
             QueueConfig,
             SchemesConfig,
@@ -285,7 +327,9 @@ class _Demo:
         from can_dbc import SAMPLE_VEHICLE_DBC
 
         schemes = work / "schemes.toml"
-        schemes.write_text(DEMO_SCHEMES)
+        start = model.values()
+        # The start area is where the scenario begins: leaving it triggers a geofence record.
+        schemes.write_text(demo_schemes(start["latitude_deg"], start["longitude_deg"]))
         spec = parse_bus_url(f"virtual://tbox-demo-{os.getpid()}-{id(self):x}?name=can0")
         state_dir = work / "state"
         config = AgentConfig(
@@ -298,18 +342,35 @@ class _Demo:
             mqtt=MqttConfig(host=self.host, port=self.port, keepalive_s=5, backoff_max_s=2.0),
             schemes=SchemesConfig(files=(schemes,), accept_pushed=False),
             state=StateConfig(signals=_STATE_SIGNALS, min_interval_ms=1000),
+            gnss=GnssConfig(str(work / "gnss0"), silence_timeout_s=3.0, fix_timeout_s=5.0),
+            modem=ModemConfig(str(work / "modem0"), poll_interval_s=2.0, response_timeout_s=1.0),
             source="tbox demo",
         )
         return spec, config
 
     @contextlib.asynccontextmanager
-    async def _simulator(self, spec: BusSpec) -> AsyncIterator[None]:
+    async def _devices(self, work: Path, model: VehicleModel) -> AsyncIterator[None]:
+        """The vehicle's GNSS receiver and modem on pseudo-terminals (``gnss0``, ``modem0``)."""
+        from sim.gnss_twin import GnssTwin
+        from sim.modem_twin import ModemTwin
+
+        async with (
+            GnssTwin(model, link=work / "gnss0", rate_hz=1) as gnss,
+            ModemTwin(link=work / "modem0") as modem,
+        ):
+            self.modem = modem
+            self.event(f"GNSS receiver on {gnss.path}, modem on {modem.path}")
+            try:
+                yield
+            finally:
+                self.modem = None
+
+    @contextlib.asynccontextmanager
+    async def _simulator(self, spec: BusSpec, model: VehicleModel) -> AsyncIterator[None]:
         from can_dbc import SAMPLE_VEHICLE_DBC, load_dbc
-        from sim import TrafficGenerator, VehicleModel, load_scenario
+        from sim import TrafficGenerator
         from sim.runner import BusSink, SimulationRunner
 
-        scenario = load_scenario(self.args.scenario)
-        model = VehicleModel(scenario, seed=self.args.seed)
         database = (await asyncio.to_thread(load_dbc, SAMPLE_VEHICLE_DBC)).database
         generator = TrafficGenerator(
             {spec.name: [database]}, model, seed=self.args.seed, start_time=time.time()
@@ -333,8 +394,13 @@ class _Demo:
         prefix = f"vehicles/{self.args.vehicle_id}/"
         while True:
             try:
+                # A persistent session (as a real backend has): batches published while it is
+                # away are queued for it at the broker, not lost.
                 async with aiomqtt.Client(
-                    self.host, self.port, identifier=f"tbox-demo-backend-{os.getpid()}"
+                    self.host,
+                    self.port,
+                    identifier=f"tbox-demo-backend-{os.getpid()}-{id(self):x}",
+                    clean_session=False,
                 ) as client:
                     await client.subscribe(prefix + "telemetry", qos=1)
                     await client.subscribe(prefix + "state", qos=1)
@@ -396,9 +462,16 @@ class _Demo:
         duration = self.args.duration
         start = 10.0 if duration is None else min(10.0, duration / 4)
         await asyncio.sleep(start)
-        await asyncio.to_thread(broker.kill)
-        self.event(f"broker killed for {self.args.broker_outage:g} s (outage)")
+        modem = self.modem
+        good = None if modem is None else modem.network
+        if modem is not None and good is not None:
+            # A tunnel: the radio loses the network as the broker becomes unreachable.
+            modem.set_network(good.dropped())
+        await asyncio.to_thread(broker.stop)
+        self.event(f"broker down for {self.args.broker_outage:g} s (outage; modem signal lost)")
         await asyncio.sleep(self.args.broker_outage)
+        if modem is not None and good is not None:
+            modem.set_network(good)
         await asyncio.to_thread(broker.start)
         self.event("broker back")
 
@@ -406,6 +479,7 @@ class _Demo:
 
     def render(self) -> RenderableType:
         from rich.console import Group
+        from rich.markup import escape
         from rich.panel import Panel
         from rich.table import Table
 
@@ -423,7 +497,7 @@ class _Demo:
         signals.add_column("value", justify="right")
         signals.add_column("age", justify="right")
         now = time.time()
-        for name in sorted(self.backend.latest)[:14]:
+        for name in sorted(self.backend.latest)[:18]:
             t, value = self.backend.latest[name]
             signals.add_row(name, format_value(value), f"{max(0.0, now - t):.1f} s")
 
@@ -440,6 +514,31 @@ class _Demo:
             f"{queue.get('items', 0):,} records, {queue.get('bytes', 0) / 1024:,.1f} KiB",
         )
         flow.add_row(f"link ({self.host}:{self.port})", f"[{colour}]{link}[/]")
+        devices = snap.get("devices", {})
+        gnss = devices.get("gnss", {})
+        g = gnss.get("values", {})
+        lat, lon = g.get("latitude"), g.get("longitude")
+        if isinstance(lat, float | int) and isinstance(lon, float | int):
+            where = (
+                f"{lat:.5f}, {lon:.5f} · {g.get('speed', 0):.1f} km/h · "
+                f"{g.get('satellites', '–')} satellites"
+            )
+        else:
+            where = "no fix yet"
+        flow.add_row(f"GNSS position ({gnss.get('state', '–')})", escape(where))
+        modem = devices.get("modem", {})
+        m = modem.get("values", {})
+        cell = " · ".join(
+            str(v)
+            for v in (
+                f"{m['rssi_dbm']} dBm" if "rssi_dbm" in m else "no signal",
+                m.get("access_technology"),
+                m.get("registration"),
+                m.get("operator"),
+            )
+            if v
+        )
+        flow.add_row(f"cellular link ({modem.get('state', '–')})", escape(cell))
         flow.add_row("records uploaded", f"{uplink.get('records', 0):,}")
         flow.add_row("reconnects", f"{uplink.get('reconnects', 0)}")
         flow.add_row(
@@ -473,6 +572,17 @@ class _Demo:
             f"decoded, {b.duplicates} duplicate batches, {b.undecodable} undecodable; "
             f"{b.state_updates} state updates; records missing: {max(0, lost)}"
         )
+        devices = snap.get("devices", {})
+        gnss, modem = devices.get("gnss", {}), devices.get("modem", {})
+        g, m = gnss.get("values", {}), modem.get("values", {})
+        if gnss or modem:
+            print(
+                f"devices: GNSS {gnss.get('state', '–')}, {gnss.get('sentences', 0):,} sentences, "
+                f"last position {g.get('latitude', '–')}, {g.get('longitude', '–')} at "
+                f"{g.get('speed', '–')} km/h; modem {modem.get('state', '–')}, "
+                f"{modem.get('polls', 0)} polls, {m.get('rssi_dbm', '–')} dBm "
+                f"{m.get('access_technology', '')}"
+            )
         for line in self.events:
             print(f"  {line}")
 

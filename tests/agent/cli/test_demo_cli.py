@@ -44,7 +44,7 @@ def test_outage_then_drain_loses_nothing() -> None:
     assert reconnects >= 1, out
     assert "records missing: 0" in out, out
     assert "0 undecodable" in out, out
-    assert "broker killed for 3 s (outage)" in out and "broker back" in out, out
+    assert "broker down for 3 s (outage; modem signal lost)" in out and "broker back" in out, out
 
 
 @pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto")
