@@ -50,12 +50,12 @@ from tuf.ngclient.fetcher import FetcherInterface
 
 from agent import crashpoints
 from agent.durable_file import write_durably
+from ota.http_range import parse_content_range
 
 __all__ = [
     "DownloadJournal",
     "ResumableFetcher",
     "ThroughputFloor",
-    "parse_content_range",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,21 +67,8 @@ CHECKPOINT_JOURNALED = crashpoints.declare(
     "download.journaled", "a resumable download's journal names the bytes on disk"
 )
 
-_CONTENT_RANGE_RE: Final = re.compile(r"bytes (\d{1,18})-(\d{1,18})/(\d{1,18}|\*)", re.ASCII)
 _JOURNAL_VERSION: Final = 1
 _READ_CHUNK: Final = 64 * 1024
-
-
-def parse_content_range(value: str) -> tuple[int, int, int | None]:
-    """``bytes a-b/n`` → ``(a, b, n)`` (``n`` None for ``*``); ValueError if malformed."""
-    m = _CONTENT_RANGE_RE.fullmatch(value.strip())
-    if m is None:
-        raise ValueError(f"malformed Content-Range {value[:80]!r}")
-    first, last = int(m.group(1)), int(m.group(2))
-    total = None if m.group(3) == "*" else int(m.group(3))
-    if last < first or (total is not None and last >= total):
-        raise ValueError(f"inconsistent Content-Range {value[:80]!r}")
-    return first, last, total
 
 
 class ThroughputFloor:
@@ -343,11 +330,11 @@ class ResumableFetcher(FetcherInterface):
             response.release_conn()
             raise exceptions.DownloadError(f"{url}: partial content for a request of it all")
         if response.status == 206 and journal is not None:
-            try:
-                first, _, total = parse_content_range(response.headers.get("Content-Range", ""))
-            except ValueError as e:
+            content_range = parse_content_range(response.headers.get("Content-Range"))
+            if content_range is None:
                 response.release_conn()
-                raise exceptions.DownloadError(f"{url}: {e}") from e
+                raise exceptions.DownloadError(f"{url}: a 206 reply without a valid Content-Range")
+            first, total = content_range.start, content_range.size
             if first != journal.offset or (total is not None and total > max_length):
                 response.release_conn()
                 raise exceptions.DownloadError(

@@ -1,4 +1,4 @@
-"""The fetcher's pure parts: Content-Range parsing, the throughput floor, the journal format."""
+"""The fetcher's pure parts: the throughput floor and the journal format."""
 
 from __future__ import annotations
 
@@ -9,24 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tuf.api import exceptions
 
-from ota.fetcher import DownloadJournal, ThroughputFloor, parse_content_range
-
-
-def test_content_range() -> None:
-    assert parse_content_range("bytes 100-199/1000") == (100, 199, 1000)
-    assert parse_content_range(" bytes 0-0/* ") == (0, 0, None)
-    for bad in ("bytes 5-4/10", "bytes 0-10/10", "items 0-1/2", "bytes 0-/2", "bytes -1-2/3", ""):
-        with pytest.raises(ValueError, match="Content-Range"):
-            parse_content_range(bad)
-
-
-@given(st.text(max_size=60))
-def test_content_range_from_untrusted_servers(value: str) -> None:
-    try:
-        first, last, total = parse_content_range(value)
-    except ValueError:
-        return
-    assert 0 <= first <= last and (total is None or last < total)
+from ota.fetcher import DownloadJournal, ThroughputFloor
 
 
 def test_throughput_floor_after_grace() -> None:
