@@ -428,7 +428,7 @@ def _uplink(uplink: Mapping[str, Any]) -> Text | None:
             shown = (
                 _items([(str(k), _text(v)) for k, v in quality.items()])
                 if isinstance(quality, Mapping) and quality
-                else "no link-quality source"
+                else "link quality unknown"
             )
             text.append(f"\n{_clock(event.get('t'))} {_text(event.get('event'))}: {shown}")
     return text

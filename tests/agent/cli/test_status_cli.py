@@ -484,7 +484,7 @@ def test_human_view_shows_link_quality_at_connections_and_losses() -> None:
     text = console.export_text()
     assert "lost: rssi_dbm -109" in text
     assert "connected: rssi_dbm -71 · act LTE" in text
-    assert "– –: no link-quality source" in text
+    assert "– –: link quality unknown" in text
 
 
 def test_human_view_shows_the_serial_devices() -> None:
