@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -69,3 +70,50 @@ def test_with_a_running_broker(tmp_path: Path) -> None:
 def test_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto")
+async def test_the_live_view_shows_position_and_link_quality_beside_the_can_signals() -> None:
+    import argparse
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from agent.cli import demo as demo_cli
+
+    args = argparse.Namespace(
+        duration=20.0,
+        broker=None,
+        vehicle_id="DEMO-LIVE",
+        broker_outage=None,
+        scenario="city",
+        seed=0,
+        once=True,
+    )
+    demo = demo_cli._Demo(args, None, Console(file=io.StringIO()), live=False)
+    run = asyncio.create_task(demo.main())
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                service = demo.service
+                snap = service.snapshot() if service is not None else {}
+                devices = snap.get("devices", {})
+                ready = devices.get("gnss", {}).get("values", {}).get("latitude") is not None
+                signals = demo.backend.latest
+                if ready and "modem:MODEM.rssi_dbm" in signals and "gnss:GNSS.speed" in signals:
+                    break
+                await asyncio.sleep(0.1)
+        console = Console(width=140, record=True, file=io.StringIO())
+        console.print(demo.render())
+        text = console.export_text()
+    finally:
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+    assert re.search(
+        r"GNSS position \(ok\)[\s│]+48\.\d{5}, 11\.\d{5} · [\d.]+ km/h · \d+ satellites", text
+    ), text
+    assert re.search(r"cellular link \(ok\)[\s│]+-\d+ dBm · E-UTRAN · home", text), text
+    for signal in ("ESC_VehSpd", "gnss:GNSS.latitude", "modem:MODEM.rssi_dbm"):
+        assert signal in text, text
