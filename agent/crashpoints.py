@@ -34,8 +34,13 @@ DECLARING_MODULES: tuple[str, ...] = (
     "agent.telemetry_codec",
     "agent.upload_queue",
     "agent.uplink",
+    "firmware_stub.flash",
     "ota.ab_installer",
+    "ota.campaign_runner",
+    "ota.campaign_store",
     "ota.fetcher",
+    "ota.trusted_time",
+    "ota.update_client",
 )
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")

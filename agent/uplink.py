@@ -5,9 +5,19 @@
 
 1. takes the most urgent stored items (the queue's order: priority, then age),
 2. packs the leading run of one kind into a zstd batch with :class:`BatchBuilder` and a number
-   from the persisted :class:`SequenceCounter`,
-3. publishes it with QoS 1 to ``vehicles/<vehicle id>/<kind>`` (aiomqtt returns after PUBACK),
+   from the persisted :class:`SequenceCounter` — or, for an item of kind ``ota_status``, takes
+   it as it is: one ``tbox.v1.OtaStatus`` per message, numbered when it was queued,
+3. publishes it with QoS 1 to its topic under ``vehicles/<vehicle id>/`` (:data:`TOPICS`;
+   aiomqtt returns after PUBACK),
 4. and only then acks the items, so that the queue deletes only what the broker acknowledged.
+
+Update campaign statuses
+    The campaign runner (:mod:`ota.campaign_runner`) queues each ``OtaStatus`` as an item of
+    kind :data:`OTA_STATUS_KIND`, complete with vehicle id and a number from
+    :meth:`Uplink.next_sequence` taken when it was queued. The uplink publishes the stored bytes
+    unchanged, one message per item, to ``ota/status``: a status re-sent after a restart is the
+    same message with the same sequence number, which a backend drops as a duplicate. A stored
+    item that is not an ``OtaStatus`` is dropped like an unbatchable record.
 
 Link loss
     A dropped connection is noticed by a watcher on the client's message stream, a silently dead
@@ -53,6 +63,7 @@ from types import TracebackType
 from typing import Any, Final, Literal
 
 import aiomqtt
+from google.protobuf.message import DecodeError
 from paho.mqtt import client as mqtt_client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -61,6 +72,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import crashpoints
 from agent.backoff import Backoff
+from agent.proto.tbox.v1 import OtaStatus
 from agent.telemetry_codec import (
     DEFAULT_MAX_BYTES,
     Batch,
@@ -72,8 +84,11 @@ from agent.upload_queue import StoredItem, UploadQueue
 
 log = logging.getLogger(__name__)
 
-#: Queue kinds the uplink publishes, each to the topic of the same name.
-KINDS: Final = ("telemetry", "events")
+#: The queue kind of update campaign statuses: one serialized ``tbox.v1.OtaStatus`` per item.
+OTA_STATUS_KIND: Final = "ota_status"
+#: Queue kinds the uplink publishes, and the topic (under ``vehicles/<id>/``) of each.
+TOPICS: Final = {"telemetry": "telemetry", "events": "events", OTA_STATUS_KIND: "ota/status"}
+KINDS: Final = tuple(TOPICS)
 # paho pings once per keepalive whatever else is sent and gives up when a ping is unanswered
 # for another keepalive, so a silently dead link is noticed within 2 × keepalive + 1 s
 # (benchmarks/bench_dead_link.py): 20 s keeps that within the 45 s the agent promises.
@@ -88,7 +103,7 @@ CP_BEFORE_ACK = crashpoints.declare(
     "the broker acknowledged a batch (PUBACK); its items are not yet acked in the queue",
 )
 
-Kind = Literal["telemetry", "events"]
+Kind = Literal["telemetry", "events", "ota_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,6 +564,8 @@ class Uplink:
             if item.kind != kind:
                 break
             run.append(item)
+            if kind == OTA_STATUS_KIND:
+                break  # one message per status
         previous = self._in_flight
         if previous is not None and previous.kind == kind:
             head = tuple(item.id for item in run[: len(previous.ids)])
@@ -556,7 +573,25 @@ class Uplink:
                 self.stats.resent += 1
                 return previous
         self._in_flight = None
+        if kind == OTA_STATUS_KIND:
+            return self._single(run[0])
         return self._build(kind, run)
+
+    def _single(self, item: StoredItem) -> _InFlight:
+        """An ``ota_status`` item as its own message: its stored bytes, checked, unchanged."""
+        if len(item.payload) > self.config.batch_max_bytes:
+            raise UnbatchableRecordError(
+                "too_large",
+                f"an OtaStatus of {len(item.payload)} bytes exceeds the "
+                f"{self.config.batch_max_bytes}-byte message cap",
+            )
+        try:
+            status = OtaStatus.FromString(item.payload)
+        except DecodeError as e:
+            raise UnbatchableRecordError("malformed", f"not a tbox.v1.OtaStatus: {e}") from None
+        batch = Batch(item.payload, status.sequence, 1, len(item.payload))
+        self._in_flight = _InFlight(OTA_STATUS_KIND, (item.id,), batch)
+        return self._in_flight
 
     def _build(self, kind: str, run: Sequence[StoredItem]) -> _InFlight:
         # Runs in the event loop: a 128 KiB zstd batch takes ~1 ms, and the builder is not
@@ -572,7 +607,7 @@ class Uplink:
 
     async def _publish(self, client: _CheckedClient, in_flight: _InFlight) -> None:
         await client.publish_checked(
-            self.config.topic_prefix + in_flight.kind, in_flight.batch.payload
+            self.config.topic_prefix + TOPICS[in_flight.kind], in_flight.batch.payload
         )
         # PUBACK received: the broker owns the batch now, it must never be resent.
         self._in_flight = None

@@ -17,6 +17,8 @@ this package (``raise … from e``); every message names what and where.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from agent.errors import InputError, LocatedInputError, TboxError, UsageError
 
 __all__ = [
@@ -113,4 +115,124 @@ __all__ += [
     "SlotStateError",
     "SlotWriteVerificationError",
     "UpdatePendingError",
+]
+
+
+# --- the update client (ota.update_client, ota.trusted_time, ota.conformance_client) ----------
+
+
+class RejectionCode(StrEnum):
+    """Why the update client refused metadata or a target: machine-readable, stable values.
+
+    Each names the attack (or fault) the refusal defends against, as Uptane and TUF name them.
+    """
+
+    #: A role's metadata is older than the version already trusted (or lists older versions).
+    ROLLBACK = "rollback"
+    #: Metadata has expired: the repository (or someone in between) serves a frozen state.
+    FREEZE = "freeze"
+    #: The clock is earlier than a time at which metadata was already verified as fresh.
+    CLOCK_ROLLBACK = "clock_rollback"
+    #: Metadata files from different repository states (not what the role above lists).
+    MIX_AND_MATCH = "mix_and_match"
+    #: Metadata signed by no trusted key of its role.
+    BAD_SIGNATURE = "bad_signature"
+    #: Metadata signed by some, but fewer than the threshold of, its role's keys.
+    THRESHOLD = "threshold"
+    #: A new root version not signed by a threshold of the old root's keys (and of its own).
+    KEY_ROTATION = "key_rotation"
+    #: More bytes than the limit for a metadata file or than a target's listed length.
+    ENDLESS_DATA = "endless_data"
+    #: A transfer below the minimum average throughput (or a stalled socket).
+    SLOW_RETRIEVAL = "slow_retrieval"
+    #: A target's bytes do not match its listed hashes (arbitrary software).
+    BAD_HASH = "bad_hash"
+    #: A director target assigned to another vehicle (director metadata of another vehicle).
+    WRONG_VEHICLE = "wrong_vehicle"
+    #: A director target built for other hardware than the T-box's or its ECU's.
+    WRONG_HARDWARE = "wrong_hardware"
+    #: A director target for an ECU this client does not serve.
+    WRONG_ECU = "wrong_ecu"
+    #: The image repository does not vouch for a director target identically.
+    DIRECTOR_IMAGE_MISMATCH = "director_image_mismatch"
+    #: A release counter lower than the installed one.
+    DOWNGRADE = "downgrade"
+    #: Verified metadata that breaks our own rules (custom fields) or TUF's (a missing role).
+    INVALID_METADATA = "invalid_metadata"
+
+
+class UpdateRejectedError(OtaVerificationError):
+    """The update client refused metadata or a target; ``code`` says why (a
+    :class:`RejectionCode`), ``repository`` which repository ("director", "image" or a URL)
+    and ``role`` which role or target, where known. Nothing was installed.
+
+    ``str()`` is ``"<code>: <message>"``; ``reason`` is the message alone.
+    """
+
+    def __init__(
+        self,
+        code: RejectionCode,
+        reason: str,
+        *,
+        repository: str | None = None,
+        role: str | None = None,
+    ) -> None:
+        self.code = code
+        self.reason = reason
+        self.repository = repository
+        self.role = role
+        super().__init__(f"{code.value}: {reason}")
+
+
+class UpdateUnavailableError(OtaError):
+    """A repository could not be reached or did not serve a file (connection refused, HTTP
+    404/500, a dropped connection): no evidence of an attack, try again later. ``repository``
+    and ``role`` as in :class:`UpdateRejectedError`."""
+
+    def __init__(
+        self, reason: str, *, repository: str | None = None, role: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.repository = repository
+        self.role = role
+        super().__init__(reason)
+
+
+class TrustedTimeStateError(OtaInputError):
+    """The persisted trusted-time floor file is unreadable or malformed (the message names it
+    and how to recover)."""
+
+
+__all__ += [
+    "RejectionCode",
+    "TrustedTimeStateError",
+    "UpdateRejectedError",
+    "UpdateUnavailableError",
+]
+
+
+# --- update campaigns (ota.campaign, ota.campaign_store, ota.campaign_runner) -------------------
+
+
+class CampaignRequestError(OtaInputError):
+    """A ``cmd/ota`` campaign body is malformed (the sender's fault); names the field."""
+
+
+class CampaignStateError(OtaInputError, LocatedInputError):
+    """The persisted campaign file is unreadable or inconsistent; ``source`` names the file."""
+
+
+class CampaignSequenceError(OtaError):
+    """A campaign event does not fit the campaign's step (a program error, never input)."""
+
+
+class CampaignBusyError(OtaError):
+    """A campaign was submitted while another one is still running (one at a time)."""
+
+
+__all__ += [
+    "CampaignBusyError",
+    "CampaignRequestError",
+    "CampaignSequenceError",
+    "CampaignStateError",
 ]

@@ -68,6 +68,7 @@ CHECKPOINT_JOURNALED = crashpoints.declare(
 )
 
 _JOURNAL_VERSION: Final = 1
+_UNSATISFIED_RANGE: Final = re.compile(r"bytes \*/([0-9]{1,19})")
 _READ_CHUNK: Final = 64 * 1024
 
 
@@ -237,34 +238,47 @@ class ResumableFetcher(FetcherInterface):
     def _floor(self) -> tuple[float, float, float]:
         return self.min_bytes_per_s, self.grace_s, self._clock()
 
-    def _request(self, url: str, headers: dict[str, str]) -> Any:
+    def _request(self, url: str, headers: dict[str, str], *, ranged: bool = False) -> Any:
+        """A streaming response of status 200 or 206 (or 416 when *ranged*), else an error."""
         try:
             response = self._http.request(
                 "GET", url, headers=headers, preload_content=False, timeout=self._timeout
             )
+        except urllib3.exceptions.NewConnectionError as e:
+            # Refused or unresolvable: not slow (urllib3 derives it from ConnectTimeoutError).
+            raise exceptions.DownloadError(f"{url}: cannot connect: {e}") from e
         except urllib3.exceptions.TimeoutError as e:
             raise exceptions.SlowRetrievalError(f"{url}: no response in time") from e
         except urllib3.exceptions.HTTPError as e:
             raise exceptions.DownloadError(f"{url}: {e}") from e
+        if response.status in (200, 206) or (ranged and response.status == 416):
+            return response
+        _abandon(response)
         if response.status >= 400:
-            response.release_conn()
             raise exceptions.DownloadHTTPError(
                 f"{url}: HTTP status {response.status}", response.status
             )
-        return response
+        # Redirects are not followed (a resume must reach the server that holds the validator)
+        # and a 3xx body is not the file.
+        raise exceptions.DownloadError(f"{url}: unexpected HTTP status {response.status}")
 
     def _stream(self, url: str, response: Any, floor: ThroughputFloor) -> Iterator[bytes]:
+        complete = False
         try:
             for chunk in response.stream(self.chunk_bytes):
                 floor.update(self._clock(), len(chunk))
                 self.stats.received += len(chunk)
                 yield chunk
+            complete = True
         except urllib3.exceptions.TimeoutError as e:
             raise exceptions.SlowRetrievalError(f"{url}: the server stopped sending") from e
         except urllib3.exceptions.HTTPError as e:
             raise exceptions.DownloadError(f"{url}: connection lost: {e}") from e
         finally:
-            response.release_conn()
+            if complete:
+                response.release_conn()
+            else:  # abandoned mid-body (too slow, too long, an error)
+                _abandon(response)
 
     @contextlib.contextmanager
     def _download_whole(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
@@ -323,20 +337,39 @@ class ResumableFetcher(FetcherInterface):
         if journal is not None and journal.offset > 0:
             headers["Range"] = f"bytes={journal.offset}-"
             headers["If-Range"] = journal.etag or journal.last_modified
-        response = self._request(url, headers)
+        response = self._request(url, headers, ranged="Range" in headers)
+        if response.status == 416:
+            # Nothing after the journaled offset: the last checkpoint fell on the last byte.
+            # (A server that honours If-Range answers 200 with the whole file if it changed.)
+            whole = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range") or "")
+            _abandon(response)
+            if journal is not None and whole and int(whole.group(1)) == journal.offset:
+                self.stats.resumed += 1
+                self.stats.reused += journal.offset
+                log.info("%s was complete at byte %d", url, journal.offset)
+                return
+            log.warning(
+                "%s: range from byte %d not satisfiable: starting over",
+                url,
+                journal.offset if journal else 0,
+            )
+            self.stats.restarted += 1
+            _remove(journal_path)
+            journal, headers = None, {}
+            response = self._request(url, headers)
         offset = 0
         digest = hashlib.sha256()
         if response.status == 206 and "Range" not in headers:
-            response.release_conn()
+            _abandon(response)
             raise exceptions.DownloadError(f"{url}: partial content for a request of it all")
         if response.status == 206 and journal is not None:
             content_range = parse_content_range(response.headers.get("Content-Range"))
             if content_range is None:
-                response.release_conn()
+                _abandon(response)
                 raise exceptions.DownloadError(f"{url}: a 206 reply without a valid Content-Range")
             first, total = content_range.start, content_range.size
             if first != journal.offset or (total is not None and total > max_length):
-                response.release_conn()
+                _abandon(response)
                 raise exceptions.DownloadError(
                     f"{url}: the server sent bytes {first}- for a request from {journal.offset}"
                     if first != journal.offset
@@ -355,7 +388,7 @@ class ResumableFetcher(FetcherInterface):
             _remove(journal_path)
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_length:
-                response.release_conn()
+                _abandon(response)
                 raise exceptions.DownloadLengthMismatchError(
                     f"{url}: {int(length):,} bytes is more than the {max_length:,} allowed"
                 )
@@ -415,6 +448,14 @@ class ResumableFetcher(FetcherInterface):
         journal = DownloadJournal(url, offset, digest.copy().hexdigest(), etag, modified)
         write_durably(journal_path, journal.to_bytes(), mode=0o600)
         CHECKPOINT_JOURNALED.hit()
+
+
+def _abandon(response: Any) -> None:
+    """Give up on a response whose body was not read to its end: close its connection instead
+    of returning it to the pool, where the next request would read the rest of this body as
+    its own reply (and an endless body must not be drained)."""
+    response.close()
+    response.release_conn()
 
 
 def _remove(path: Path) -> None:

@@ -17,6 +17,11 @@
   keys and targets; ``--check`` exits 1 on the first problem.
 * ``tbox ota serve DIR [--host H] [--port P] [--port-file F] [--throttle B/S] [--fail-after N]``
   — serve a directory over HTTP with byte ranges, for the bench.
+* ``tbox ota check --director URL --image URL --vehicle-id ID --hardware-id HW --state-dir DIR
+  --root-director FILE --root-image FILE [--ecu ID=HW …] [--installed SLOT=N …] [--download DIR]``
+  — the vehicle's update client once: print the verified plan (and download it), for the bench.
+* ``tbox ota tuf-client --metadata-dir DIR [--metadata-url URL …] init|refresh|download`` — the
+  TUF conformance suite's client protocol over the same client code (:mod:`ota.conformance_client`).
 
 Every signing command takes ``--keys DIR`` (repeatable; searched before the repository's own
 keys directory), e.g. the offline medium holding root and targets keys.
@@ -80,6 +85,8 @@ def register(subparsers: Any) -> None:
     _add_threshold(repo_sub)
     _add_show(repo_sub)
     _add_serve(sub)
+    _add_check(sub)
+    _add_tuf_client(sub)
 
 
 # --- argument parsers --------------------------------------------------------------------------
@@ -667,4 +674,180 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    return 0
+
+
+# --- the update client: `check` and `tuf-client` ----------------------------------------------
+
+
+def _add_check(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "check",
+        help="run the vehicle's update client once (bench)",
+        description=(
+            "Refresh the vehicle's director repository and the image repository (python-tuf "
+            "ngclient, resumable downloads, trusted time), verify every assignment (vehicle, "
+            "hardware and ECU ids, identical in the image repository, release counter not lower "
+            "than installed) and print the verified plan; with --download, download and verify "
+            "every target into DIR. Any refusal exits 1 naming its code (rollback, freeze, …)."
+        ),
+    )
+    p.add_argument("--director", required=True, metavar="URL", help="director repository base URL")
+    p.add_argument("--image", required=True, metavar="URL", help="image repository base URL")
+    p.add_argument("--vehicle-id", required=True, metavar="ID", help="this vehicle")
+    p.add_argument("--hardware-id", required=True, metavar="HW", help="the T-box's hardware id")
+    p.add_argument(
+        "--ecu",
+        action="append",
+        default=[],
+        type=_pair,
+        metavar="ID=HW",
+        help="an ECU this client updates and its hardware id (repeatable)",
+    )
+    p.add_argument(
+        "--installed",
+        action="append",
+        default=[],
+        type=_pair,
+        metavar="SLOT=N",
+        help="the installed release counter of SLOT ('tbox' or an ECU id; repeatable)",
+    )
+    p.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the client's persistent state (metadata caches, partial downloads)",
+    )
+    p.add_argument(
+        "--root-director",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the director root the vehicle is provisioned with",
+    )
+    p.add_argument(
+        "--root-image",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the image repository root the vehicle is provisioned with",
+    )
+    p.add_argument("--download", type=Path, metavar="DIR", help="download every target into DIR")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(handler=_check)
+
+
+def _add_tuf_client(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "tuf-client",
+        help="the TUF conformance suite's client protocol",
+        description=(
+            "A TUF client with the command-line protocol of the TUF conformance suite "
+            "(init, refresh, download; exit 0 on success, 1 on failure), running the update "
+            "client's own code: python-tuf ngclient with durable metadata, the resumable "
+            "fetcher and trusted time."
+        ),
+    )
+    p.add_argument(
+        "--metadata-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the client's trusted metadata",
+    )
+    p.add_argument("--metadata-url", metavar="URL", help="the repository's metadata URL")
+    p.add_argument("--target-name", metavar="NAME", help="download: the target path")
+    p.add_argument("--target-base-url", metavar="URL", help="download: the targets URL")
+    p.add_argument("--target-dir", type=Path, metavar="DIR", help="download: where to store it")
+    commands = p.add_subparsers(dest="tuf_command", metavar="COMMAND")
+    commands.required = True
+    init = commands.add_parser("init", help="trust a root (no network)")
+    init.add_argument("trusted_root", type=Path, metavar="TRUSTED_ROOT", help="root.json to trust")
+    commands.add_parser("refresh", help="update the top-level metadata")
+    commands.add_parser("download", help="refresh, then download and verify a target")
+    p.set_defaults(handler=_tuf_client)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ota.target_info import ImageKind
+    from ota.update_client import Slot, UpdateClient, UpdateClientConfig
+
+    installed: dict[Slot, int] = {}
+    for slot, number in args.installed:
+        if not number.isascii() or not number.isdigit():
+            raise UsageError(f"--installed {slot}={number}: not a whole number")
+        key: Slot = (ImageKind.TBOX, None) if slot == "tbox" else (ImageKind.ECU, slot)
+        installed[key] = int(number)
+    config = UpdateClientConfig(
+        vehicle_id=args.vehicle_id,
+        hardware_id=args.hardware_id,
+        ecus=dict(args.ecu),
+        director_url=args.director,
+        image_url=args.image,
+        state_dir=args.state_dir,
+        director_root=args.root_director,
+        image_root=args.root_image,
+    )
+    client = UpdateClient(config, installed=installed)
+    plan = client.check()
+    paths = {}
+    if args.download is not None:
+        paths = {t.name: str(client.download(t, args.download / t.file_name)) for t in plan.targets}
+    if args.json:
+        data = plan.to_json()
+        for target in data["targets"]:
+            target["path"] = paths.get(target["name"])
+        print(json.dumps(data, indent=2))
+        return 0
+    print(
+        f"vehicle {plan.vehicle_id}: {len(plan.targets)} verified target(s) (director targets "
+        f"v{plan.director_version}, image targets v{plan.image_version})"
+    )
+    for t in plan.targets:
+        where = "T-box" if t.ecu_id is None else f"ECU {t.ecu_id}"
+        print(
+            f"  {t.name}  {t.length} bytes  sha256 {(t.sha256 or '?')[:16]}…  {where}  "
+            f"release {t.release_counter}" + (f"  -> {paths[t.name]}" if t.name in paths else "")
+        )
+    return 0
+
+
+def _tuf_client(args: argparse.Namespace) -> int:
+    from ota import conformance_client
+
+    command = args.tuf_command
+    if command == "init":
+        conformance_client.init(args.metadata_dir, args.trusted_root)
+        return 0
+    if args.metadata_url is None:
+        raise UsageError(f"tuf-client {command} needs --metadata-url")
+    if command == "refresh":
+        conformance_client.refresh(args.metadata_dir, args.metadata_url)
+        return 0
+    missing = [
+        option
+        for option, value in (
+            ("--target-name", args.target_name),
+            ("--target-base-url", args.target_base_url),
+            ("--target-dir", args.target_dir),
+        )
+        if value is None
+    ]
+    if missing:
+        raise UsageError(f"tuf-client download needs {', '.join(missing)}")
+    conformance_client.download(
+        args.metadata_dir,
+        args.metadata_url,
+        target_name=args.target_name,
+        target_base_url=args.target_base_url,
+        target_dir=args.target_dir,
+    )
     return 0
