@@ -1,0 +1,597 @@
+"""The IDS detectors: one small object per rule entry, judging frames or signal values.
+
+A detector's verdict is a plain return value: ``None`` when all is well, otherwise a *detail*
+(the offending count, value, length…) that :meth:`Detector.observed` turns into words when an
+event is built. Detectors never raise on what traffic brings (odd lengths, NaN values, clocks
+going backwards), never emit events and never do I/O; the engine decides what a verdict means.
+Some keep the state their decision needs (a timing window, the last good counter value), so
+each engine compiles its own.
+
+Three shapes: frame detectors have ``check(frame, t)``, signal detectors ``check_value(value,
+t)`` (the engine decodes once per frame for all of them), the suspension detector
+``silent(now, last_seen)`` (called by the engine's periodic scan). Every check is written for the
+per-frame path: no container is built unless something is flagged, no work is done that the rule
+does not ask for.
+
+Detectors that follow a sequence (counters, replay, signal rates) *resynchronise*: after a
+flagged value, the next value that follows on from the flagged one without a good value between
+them is taken as the new reference (a sender that restarted, a masquerade that took over), so a
+single bad frame does not make every later real frame look bad — and a forger interleaving
+frames with the real sender stays flagged frame by frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from can_dbc.integrity import IntegritySpec, SignalField
+from security.rules import (
+    BytePattern,
+    DlcEntry,
+    FloodSpec,
+    Rule,
+    SignalRangeEntry,
+    SignalRateEntry,
+    SuspensionEntry,
+    TimingEntry,
+    UnknownBurstSpec,
+)
+from security.secoc import SecOcVerdict, SecOcVerifier
+
+__all__ = [
+    "AllowlistDetector",
+    "ChecksumDetector",
+    "ContextDetector",
+    "CounterDetector",
+    "Detector",
+    "DlcDetector",
+    "FloodDetector",
+    "PayloadDetector",
+    "ReplayDetector",
+    "SecOcDetector",
+    "SignalRangeDetector",
+    "SignalRateDetector",
+    "SuspensionDetector",
+    "TimingDetector",
+    "UnknownBurstDetector",
+]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.4g} ms"
+
+
+def _num(value: float) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+class Detector:
+    """What every detector has: its rule, the CAN id it watches (None: the bus, or for the
+    allowlist the id of each flagged frame) and what the rule expects, in words (for events)."""
+
+    __slots__ = ("can_id", "expected", "rule")
+
+    def __init__(self, rule: Rule, can_id: int | None, expected: str) -> None:
+        self.rule = rule
+        self.can_id = can_id
+        self.expected = expected
+
+    def observed(self, detail: Any) -> str:
+        """What a flagged frame showed, in words."""
+        return str(detail)
+
+
+# ---- frame-id detectors --------------------------------------------------------------------
+
+
+class AllowlistDetector(Detector):
+    """Flags frames whose id is not on the bus's allowlist (called for those frames only)."""
+
+    __slots__ = ()
+
+    def __init__(self, rule: Rule, allowed: int) -> None:
+        super().__init__(rule, None, f"one of the {allowed} ids allowed on {rule.bus}")
+
+    def check(self, frame: Any, t: float) -> object | None:
+        can_id: int = frame.arbitration_id  # reaching here means the id is unknown
+        return can_id
+
+    def observed(self, detail: Any) -> str:
+        return f"CAN id 0x{detail:X}"
+
+
+class UnknownBurstDetector(Detector):
+    """Flags a frame of an unknown id when more than ``max_ids`` distinct unknown ids were seen
+    in the last ``window_ms`` (called for unknown frames only)."""
+
+    __slots__ = ("counts", "max_ids", "recent", "window")
+
+    def __init__(self, rule: Rule, spec: UnknownBurstSpec) -> None:
+        self.window = spec.window_ms / 1000
+        self.max_ids = spec.max_ids
+        super().__init__(rule, None, f"at most {spec.max_ids} unknown ids in {_ms(self.window)}")
+        self.recent: deque[tuple[float, int]] = deque()
+        self.counts: dict[int, int] = {}
+
+    def check(self, frame: Any, t: float) -> object | None:
+        recent, counts = self.recent, self.counts
+        lo = t - self.window
+        while recent and not recent[0][0] > lo:  # "not >" also drops NaN times
+            _, old = recent.popleft()
+            n = counts[old] - 1
+            if n:
+                counts[old] = n
+            else:
+                del counts[old]
+        can_id = frame.arbitration_id
+        recent.append((t, can_id))
+        counts[can_id] = counts.get(can_id, 0) + 1
+        if len(counts) > self.max_ids:
+            return len(counts)
+        return None
+
+    def observed(self, detail: Any) -> str:
+        return f"{detail} distinct unknown ids in {_ms(self.window)}"
+
+
+class DlcDetector(Detector):
+    """Flags frames whose data length is not one the rule allows."""
+
+    __slots__ = ("dlcs",)
+
+    def __init__(self, rule: Rule, entry: DlcEntry) -> None:
+        self.dlcs = entry.dlcs
+        shown = " or ".join(map(str, sorted(entry.dlcs)))
+        super().__init__(rule, entry.can_id, f"DLC {shown}")
+
+    def check(self, frame: Any, t: float) -> object | None:
+        dlc = frame.dlc
+        return None if dlc in self.dlcs else dlc
+
+    def observed(self, detail: Any) -> str:
+        return f"DLC {detail}"
+
+
+# ---- timing and load -----------------------------------------------------------------------
+
+
+class _WindowCounter(Detector):
+    """The times of the last ``size`` counted frames in a ring, for O(1) sliding-window counts.
+
+    With the ring full, the slot about to be overwritten holds the frame ``size`` frames back: if
+    that one is inside the window, the window holds more than ``size`` frames.
+    """
+
+    __slots__ = ("pos", "ring", "size", "window")
+
+    def __init__(
+        self, rule: Rule, can_id: int | None, expected: str, size: int, window: float
+    ) -> None:
+        super().__init__(rule, can_id, expected)
+        self.size = size
+        self.ring = [-math.inf] * size
+        self.pos = 0
+        self.window = window
+
+    def count_since(self, lo: float) -> int:
+        """How many of the remembered frames are after *lo* (at most ``size``)."""
+        return sum(1 for x in self.ring if x > lo)
+
+
+class TimingDetector(_WindowCounter):
+    """Counts an id's frames in a sliding window of ``window_periods`` periods (see
+    :class:`~security.rules.TimingEntry`); flags a frame that makes the count too high, or
+    — once a whole window has passed since the id's first frame — too low."""
+
+    __slots__ = ("first", "max_count", "min_count")
+
+    def __init__(self, rule: Rule, window_periods: int, entry: TimingEntry) -> None:
+        window = entry.period_ms * window_periods / 1000
+        self.min_count = entry.min_count
+        self.max_count = entry.max_count
+        self.first: float | None = None
+        super().__init__(
+            rule,
+            entry.can_id,
+            f"{entry.min_count}–{entry.max_count} frames in {_ms(window)} "
+            f"({window_periods} periods of {entry.period_ms:.4g} ms)",
+            entry.max_count,
+            window,
+        )
+
+    def check(self, frame: Any, t: float) -> object | None:
+        ring = self.ring
+        pos = self.pos
+        oldest = ring[pos]
+        ring[pos] = t
+        pos += 1
+        if pos == self.size:
+            pos = 0
+        self.pos = pos
+        lo = t - self.window
+        if oldest > lo:
+            return -1  # more than max_count: the exact number is beyond the ring
+        first = self.first
+        if first is None:
+            self.first = t
+            return None
+        min_count = self.min_count
+        # ring[pos - k - 1] is the frame k frames back (negative indexes wrap around).
+        if min_count and not t - first < self.window and ring[pos - min_count] <= lo:
+            return self.count_since(lo)
+        return None
+
+    def observed(self, detail: Any) -> str:
+        if detail < 0:
+            return f"more than {self.max_count} frames in {_ms(self.window)}"
+        return f"{detail} frames in {_ms(self.window)}"
+
+
+class FloodDetector(_WindowCounter):
+    """Counts frames on the bus (or of some ids) in a sliding window; over the limit, flags the
+    frames of the ids that hold at least ``share`` of the window (the ids in a parallel ring
+    are counted only then)."""
+
+    __slots__ = ("counts", "ids", "min_count")
+
+    def __init__(self, rule: Rule, spec: FloodSpec) -> None:
+        window = spec.window_ms / 1000
+        self.ids = [-1] * spec.max_frames
+        self.min_count = spec.share * spec.max_frames
+        self.counts: Callable[[int], bool] | None = None
+        if spec.can_ids is not None or spec.max_id is not None:
+            self.counts = spec.counts
+        scope = "frames"
+        if spec.can_ids is not None:
+            scope = "frames of " + ", ".join(f"0x{i:X}" for i in sorted(spec.can_ids)[:8])
+        elif spec.max_id is not None:
+            scope = f"frames with ids up to 0x{spec.max_id:X}"
+        super().__init__(
+            rule,
+            None,
+            f"at most {spec.max_frames} {scope} in {_ms(window)}",
+            spec.max_frames,
+            window,
+        )
+
+    def check(self, frame: Any, t: float) -> object | None:
+        can_id = frame.arbitration_id
+        counts = self.counts
+        if counts is not None and not counts(can_id):
+            return None
+        ring = self.ring
+        pos = self.pos
+        oldest = ring[pos]
+        ring[pos] = t
+        self.ids[pos] = can_id
+        pos += 1
+        if pos == self.size:
+            pos = 0
+        self.pos = pos
+        if oldest > t - self.window:
+            # Over the limit, the ring holds only frames of the window: count this id's.
+            mine = self.ids.count(can_id)
+            if mine >= self.min_count:
+                return (can_id, mine)
+        return None
+
+    def observed(self, detail: Any) -> str:
+        can_id, mine = detail
+        return (
+            f"more than {self.size} frames in {_ms(self.window)}, "
+            f"{mine} of the last {self.size} with id 0x{can_id:X}"
+        )
+
+
+class SuspensionDetector(Detector):
+    """Judges an id's silence: flagged once when it exceeds ``max_silence_ms``, again only after
+    the id has come back."""
+
+    __slots__ = ("limit", "reported")
+
+    def __init__(self, rule: Rule, entry: SuspensionEntry) -> None:
+        self.limit = entry.max_silence_ms / 1000
+        self.reported = False
+        super().__init__(rule, entry.can_id, f"a frame at least every {_ms(self.limit)}")
+
+    def silent(self, now: float, last_seen: float) -> object | None:
+        """The silence so far if it is too long and not reported yet, else None."""
+        silence = now - last_seen
+        if silence > self.limit:
+            if self.reported:
+                return None
+            self.reported = True
+            return silence
+        self.reported = False
+        return None
+
+    def observed(self, detail: Any) -> str:
+        return f"silent for {_ms(detail)}"
+
+
+# ---- payload -------------------------------------------------------------------------------
+
+
+class PayloadDetector(Detector):
+    """Flags payloads without a required byte pattern (or with a forbidden one)."""
+
+    __slots__ = ("forbid", "mask", "nbytes", "value")
+
+    def __init__(self, rule: Rule, can_id: int, pattern: BytePattern, forbid: bool) -> None:
+        self.nbytes = len(pattern.mask)
+        self.mask = int.from_bytes(pattern.mask, "big")
+        self.value = int.from_bytes(pattern.value, "big")
+        self.forbid = forbid
+        text = f"payload & {pattern.mask.hex().upper()} == {pattern.value.hex().upper()}"
+        super().__init__(rule, can_id, f"not {text}" if forbid else text)
+
+    def check(self, frame: Any, t: float) -> object | None:
+        data = frame.data
+        excess = len(data) - self.nbytes
+        if excess >= 0:
+            head = int.from_bytes(data, "big") >> (8 * excess)
+        else:
+            head = int.from_bytes(data, "big") << (-8 * excess)  # zero padding
+        if (head & self.mask == self.value) is self.forbid:
+            return bytes(data)
+        return None
+
+    def observed(self, detail: Any) -> str:
+        return f"payload {detail.hex().upper()}"
+
+
+class _CounterBase(Detector):
+    """A rolling counter read from the payload, judged step by step with resynchronisation (see
+    the module docstring): ``good`` is the last accepted value, ``suspect`` the last flagged one
+    when no good value came after it."""
+
+    __slots__ = ("field", "good", "modulus", "suspect")
+
+    def __init__(self, rule: Rule, can_id: int, field: SignalField, expected: str) -> None:
+        super().__init__(rule, can_id, expected)
+        self.field = field
+        self.modulus = 1 << field.length
+        self.good: int | None = None
+        self.suspect: int | None = None
+
+    def acceptable(self, step: int) -> bool:
+        """Whether a step of *step* (modulo the counter's range) is what the rule allows."""
+        raise NotImplementedError
+
+    def check(self, frame: Any, t: float) -> object | None:
+        value = self.field.read(frame.data)
+        good = self.good
+        if good is None:
+            self.good = value
+            return None
+        if self.acceptable((value - good) % self.modulus):
+            self.good = value
+            self.suspect = None
+            return None
+        suspect = self.suspect
+        if suspect is not None and self.acceptable((value - suspect) % self.modulus):
+            self.good = value
+            self.suspect = None
+            return None
+        self.suspect = value
+        return (good, value)
+
+    def observed(self, detail: Any) -> str:
+        return f"counter {detail[1]} after {detail[0]}"
+
+
+class CounterDetector(_CounterBase):
+    """Flags a rolling counter that does not advance by 1 … ``max_step`` (lost or injected
+    frames)."""
+
+    __slots__ = ("max_step",)
+
+    def __init__(self, rule: Rule, can_id: int, field: SignalField, max_step: int) -> None:
+        self.max_step = max_step
+        expected = "counter + 1" if max_step == 1 else f"counter + 1 … {max_step}"
+        super().__init__(rule, can_id, field, expected)
+
+    def acceptable(self, step: int) -> bool:
+        return 1 <= step <= self.max_step
+
+
+class ReplayDetector(_CounterBase):
+    """Flags a rolling counter that repeats or goes back by up to ``history`` values (a stale
+    frame played back)."""
+
+    __slots__ = ("history",)
+
+    def __init__(self, rule: Rule, can_id: int, field: SignalField, history: int | None) -> None:
+        modulus = 1 << field.length
+        self.history = history if history is not None else max(0, modulus // 2 - 1)
+        super().__init__(
+            rule,
+            can_id,
+            field,
+            f"a fresh counter (not a repeat, not back by up to {self.history})",
+        )
+
+    def acceptable(self, step: int) -> bool:
+        return step != 0 and step < self.modulus - self.history
+
+    def observed(self, detail: Any) -> str:
+        good, value = detail
+        if value == good:
+            return f"counter {value} repeated"
+        return f"stale counter {value} after {good}"
+
+
+class ChecksumDetector(Detector):
+    """Flags frames whose checksum is wrong (:meth:`can_dbc.integrity.IntegritySpec.verify`)."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, rule: Rule, can_id: int, spec: IntegritySpec) -> None:
+        self.spec = spec
+        super().__init__(rule, can_id, f"a valid {spec.algorithm} checksum")
+
+    def check(self, frame: Any, t: float) -> object | None:
+        data = frame.data
+        if self.spec.verify(data) is False:
+            return (self.spec.read_checksum(data), self.spec.compute_checksum(data))
+        return None
+
+    def observed(self, detail: Any) -> str:
+        return f"checksum 0x{detail[0]:02X} (0x{detail[1]:02X} computed)"
+
+
+class SecOcDetector(Detector):
+    """Flags frames that fail SecOC verification (:class:`security.secoc.SecOcVerifier`)."""
+
+    __slots__ = ("verifier",)
+
+    def __init__(self, rule: Rule, can_id: int, verifier: SecOcVerifier) -> None:
+        self.verifier = verifier
+        p = verifier.profile
+        super().__init__(
+            rule,
+            can_id,
+            f"a {p.mac_bits}-bit AES-CMAC over data id 0x{p.data_id:04X} with a fresh "
+            f"{p.freshness_bits}-bit freshness value",
+        )
+
+    def check(self, frame: Any, t: float) -> object | None:
+        verdict = self.verifier.verify(frame.data)
+        return None if verdict is SecOcVerdict.OK else verdict
+
+    def observed(self, detail: Any) -> str:
+        return f"SecOC: {detail.value}" if isinstance(detail, SecOcVerdict) else str(detail)
+
+
+class ContextDetector(Detector):
+    """Flags a request (UDS prefix or byte pattern) while the rule's condition holds."""
+
+    __slots__ = ("clock", "condition", "patterns", "uds")
+
+    def __init__(
+        self,
+        rule: Rule,
+        can_id: int,
+        uds: tuple[bytes, ...],
+        patterns: tuple[BytePattern, ...],
+        condition: Callable[[], bool | None],
+        clock: Any,
+        condition_text: str,
+    ) -> None:
+        self.uds = uds
+        self.patterns = patterns
+        self.condition = condition
+        self.clock = clock
+        super().__init__(rule, can_id, f"no such request while {condition_text}")
+
+    def check(self, frame: Any, t: float) -> object | None:
+        data = frame.data
+        if not (self.uds and _uds_matches(data, self.uds)) and not any(
+            p.matches(data) for p in self.patterns
+        ):
+            return None
+        self.clock.now = t
+        if self.condition() is True:
+            return bytes(data)
+        return None
+
+    def observed(self, detail: Any) -> str:
+        return f"request {detail.hex(' ').upper()}"
+
+
+def uds_payload(data: bytes | bytearray) -> bytes:
+    """The start of the UDS message in an ISO-TP single or first frame (empty for others)."""
+    if not data:
+        return b""
+    pci = data[0] >> 4
+    if pci == 0:
+        length = data[0] & 0x0F
+        if length == 0 and len(data) > 2:  # CAN FD single frame: the length is in byte 1
+            return bytes(data[2 : 2 + data[1]])
+        return bytes(data[1 : 1 + length])
+    if pci == 1:
+        return bytes(data[2:])
+    return b""
+
+
+def _uds_matches(data: bytes | bytearray, prefixes: tuple[bytes, ...]) -> bool:
+    payload = uds_payload(data)
+    return any(payload.startswith(p) for p in prefixes)
+
+
+# ---- signals -------------------------------------------------------------------------------
+
+
+class SignalRangeDetector(Detector):
+    """Flags a decoded value outside ``[min, max]`` (NaN included)."""
+
+    __slots__ = ("hi", "lo", "signal")
+
+    def __init__(self, rule: Rule, can_id: int, entry: SignalRangeEntry) -> None:
+        self.signal = entry.signal
+        self.lo = -math.inf if entry.min is None else entry.min
+        self.hi = math.inf if entry.max is None else entry.max
+        if entry.min is None:
+            text = f"{entry.signal} ≤ {_num(self.hi)}"
+        elif entry.max is None:
+            text = f"{entry.signal} ≥ {_num(self.lo)}"
+        else:
+            text = f"{entry.signal} in [{_num(self.lo)}, {_num(self.hi)}]"
+        super().__init__(rule, can_id, text)
+
+    def check_value(self, value: float, t: float) -> object | None:
+        if self.lo <= value <= self.hi:
+            return None
+        return value
+
+    def observed(self, detail: Any) -> str:
+        return f"{self.signal} = {_num(detail)}"
+
+
+class SignalRateDetector(Detector):
+    """Flags a decoded value that moved more than ``max_step + max_rate·Δt`` since the last good
+    one (with resynchronisation, see the module docstring)."""
+
+    __slots__ = ("good", "good_t", "max_rate", "max_step", "signal", "suspect", "suspect_t")
+
+    def __init__(self, rule: Rule, can_id: int, entry: SignalRateEntry) -> None:
+        self.good: float | None = None
+        self.suspect: float | None = None
+        self.signal = entry.signal
+        self.max_rate = entry.max_rate
+        self.max_step = entry.max_step
+        self.good_t = 0.0
+        self.suspect_t = 0.0
+        super().__init__(
+            rule,
+            can_id,
+            f"{entry.signal} changes by at most {_num(entry.max_step)} + "
+            f"{_num(entry.max_rate)}/s × Δt",
+        )
+
+    def check_value(self, value: float, t: float) -> object | None:
+        good = self.good
+        if good is None:
+            self.good, self.good_t = value, t
+            return None
+        dt = t - self.good_t
+        if abs(value - good) <= self.max_step + self.max_rate * (dt if dt > 0 else 0.0):
+            self.good, self.good_t = value, t
+            self.suspect = None
+            return None
+        suspect = self.suspect
+        if suspect is not None:
+            dt = t - self.suspect_t
+            if abs(value - suspect) <= self.max_step + self.max_rate * (dt if dt > 0 else 0.0):
+                self.good, self.good_t = value, t
+                self.suspect = None
+                return None
+        self.suspect, self.suspect_t = value, t
+        return (good, value, t - self.good_t)
+
+    def observed(self, detail: Any) -> str:
+        good, value, dt = detail
+        return f"{self.signal} {_num(good)} → {_num(value)} in {_ms(dt)}"
