@@ -5,6 +5,8 @@
 * ``tbox sim run --bus URL …`` — drive buses with the simulator.
 * ``tbox sim replay LOG --bus URL …`` — replay a log onto buses.
 * ``tbox sim record --bus URL … -o FILE`` — record buses as a ``candump -L`` log.
+* ``tbox sim attack KIND LOG -o OUT`` / ``--bus URL`` — attacks (:mod:`agent.cli.sim_attack`);
+  ``serve`` and ``run`` take ``--attack KIND[:NAME=VALUE,…]``.
 
 Every command stops cleanly on Ctrl-C or SIGTERM (exit status 0) or after ``--duration``.
 """
@@ -38,8 +40,8 @@ def register(subparsers: Any) -> None:
         description=(
             "The virtual vehicle. 'serve' offers it (or a replayed log) to socketcand clients, "
             "'run' drives CAN buses with it, 'replay' plays a log onto buses, 'record' writes "
-            "what is on buses to a candump -L log; 'gnss', 'modem' and 'slcan' are simulated "
-            "serial devices on pseudo-terminals."
+            "what is on buses to a candump -L log; 'attack' attacks a log or a bus; 'gnss', "
+            "'modem' and 'slcan' are simulated serial devices on pseudo-terminals."
         ),
     )
     sub = parser.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
@@ -48,9 +50,10 @@ def register(subparsers: Any) -> None:
     _add_run(sub)
     _add_replay(sub)
     _add_record(sub)
-    from agent.cli import sim_twins
+    from agent.cli import sim_attack, sim_twins
 
     sim_twins.register(sub)
+    sim_attack.register(sub)
 
 
 # --- argument parsers --------------------------------------------------------------------------
@@ -141,6 +144,7 @@ def _add_serve(sub: Any) -> None:
     )
     _add_common_run_options(p)
     _add_companion_options(p)
+    _add_attack_options(p)
     p.set_defaults(handler=_handle(_serve))
 
 
@@ -161,6 +165,7 @@ def _add_run(sub: Any) -> None:
     _add_generator_options(p)
     _add_common_run_options(p)
     _add_companion_options(p)
+    _add_attack_options(p)
     p.set_defaults(handler=_handle(_run))
 
 
@@ -214,6 +219,12 @@ def _add_companion_options(parser: argparse.ArgumentParser) -> None:
     from agent.cli.sim_twins import add_companion_options
 
     add_companion_options(parser)
+
+
+def _add_attack_options(parser: argparse.ArgumentParser) -> None:
+    from agent.cli.sim_attack import add_attack_options
+
+    add_attack_options(parser)
 
 
 def _non_negative(text: str) -> float:
@@ -519,6 +530,7 @@ def _replay_summary(prog: str, name: str, replay: Any) -> list[str]:
 
 
 async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
+    from agent.cli.sim_attack import attach_attack, parse_attack_option
     from agent.cli.sim_twins import open_companions
     from sim.record import LogRecorder
     from sim.replay import LogReplay
@@ -532,6 +544,7 @@ async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
     if args.replay is not None and args.dbc:
         raise UsageError("--dbc drives the simulator; --replay serves the log's frames as they are")
     replay: LogReplay | None = None
+    per_bus: dict[str, list[Any]] = {}
     if args.replay is not None:
         if args.replay == "-":
             raise UsageError("serve cannot replay standard input; give a log file")
@@ -551,6 +564,7 @@ async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
             channels = list(dict.fromkeys(b.bus for b in bindings if b.bus)) or ["can0"]
         per_bus = _databases_per_bus(args, channels, prog)
         producer = _make_generator(args, per_bus, args.bitrate)
+    attack = parse_attack_option(args, per_bus)
     server = SocketcandServer(host, port, channels, lossless=args.speed == 0)
     async with contextlib.AsyncExitStack() as stack:
         await open_companions(stack, args, getattr(producer, "model", None), prog)
@@ -571,6 +585,7 @@ async def _serve(args: argparse.Namespace, stopper: _Stopper) -> int:
         ):
             return 0
         bitrates = dict.fromkeys(server.channels, args.bitrate)
+        producer = await attach_attack(stack, args, producer, attack, sinks, prog)
         runner = await _drive(prog, args, stopper, producer, sinks, bitrates, status=False)
     stats = server.stats
     print(
@@ -592,6 +607,7 @@ async def _open_bus_sinks(stack: contextlib.AsyncExitStack, specs: Sequence[BusS
 
 
 async def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
+    from agent.cli.sim_attack import attach_attack, parse_attack_option
     from agent.cli.sim_twins import open_companions
     from sim.record import LogRecorder
 
@@ -601,12 +617,14 @@ async def _run(args: argparse.Namespace, stopper: _Stopper) -> int:
     per_bus = _databases_per_bus(args, names, prog)
     bitrates = {s.name: s.bitrate or _DEFAULT_BITRATE for s in specs}
     producer = _make_generator(args, per_bus, bitrates[names[0]])
+    attack = parse_attack_option(args, per_bus)
     async with contextlib.AsyncExitStack() as stack:
         sinks = await _open_bus_sinks(stack, specs)
         if args.record:
             sinks.append(await stack.enter_async_context(LogRecorder(args.record)))
         await open_companions(stack, args, producer.model, prog)
-        runner = await _drive(prog, args, stopper, producer, sinks, bitrates, status=not args.quiet)
+        attacked = await attach_attack(stack, args, producer, attack, sinks, prog)
+        runner = await _drive(prog, args, stopper, attacked, sinks, bitrates, status=not args.quiet)
     print(
         f"{prog}: sent {runner.stats.frames} frames in {runner.stats.wall_time:.1f} s",
         file=sys.stderr,
