@@ -16,7 +16,20 @@ from collections.abc import Sequence
 from agent.errors import TboxError, UsageError
 
 # Subcommand modules, in the order `tbox --help` lists them.
-_SUBCOMMANDS = ("check_config", "debug", "decode", "demo", "monitor", "ota", "run", "sim", "status")
+_SUBCOMMANDS = (
+    "check_config",
+    "debug",
+    "decode",
+    "demo",
+    "ecu",
+    "flash",
+    "ids",
+    "monitor",
+    "ota",
+    "run",
+    "sim",
+    "status",
+)
 
 
 class _Parser(argparse.ArgumentParser):
