@@ -103,6 +103,8 @@ class AgentService:
         self._channel: CommandChannel | None = None
         self._gnss: GnssReceiver | None = None
         self._modem: ModemMonitor | None = None
+        self._campaigns: Any = None  # ota.campaign_runner.CampaignRunner with [ota]
+        self._installer: Any = None  # ota.ab_installer.AbInstaller with [ota]
         # The latest value of every device signal, for the status snapshot.
         self._device_values: dict[str, dict[str, float | int | str]] = {}
         self._scheme_source = "files"
@@ -153,9 +155,15 @@ class AgentService:
         await queue.open()
         self._queue = queue
         try:
-            async with Uplink(uplink_config, queue, link_quality=self._link_quality) as uplink:
+            async with (
+                Uplink(uplink_config, queue, link_quality=self._link_quality) as uplink,
+                self._updates(queue, uplink) as campaigns,
+            ):
                 self._uplink = uplink
-                self._channel = CommandChannel(verifier, self._handlers(), uplink)
+                handlers = self._handlers()
+                if campaigns is not None:
+                    handlers["ota"] = campaigns.handle_command
+                self._channel = CommandChannel(verifier, handlers, uplink)
                 try:
                     await self._serve(uplink)
                 finally:
@@ -166,6 +174,64 @@ class AgentService:
             await self._stage("queue", queue.aclose(), timeout)
             self._queue = None
             log.info("agent stopped")
+
+    @contextlib.asynccontextmanager
+    async def _updates(self, queue: UploadQueue, uplink: Uplink) -> AsyncIterator[Any]:
+        """The campaign runner of ``[ota]`` (None without it), resuming a campaign a restart
+        interrupted; its status events go through the queue, so they survive restarts too."""
+        ota = self.config.ota
+        if ota is None:
+            yield None
+            return
+        # Imported only when updates are configured: python-tuf and its crypto cost ~30 MB.
+        from ota.ab_installer import AbInstaller
+        from ota.campaign_runner import CampaignRunner, StepBudgets
+        from ota.campaign_store import CampaignStore
+        from ota.health_check import CommandCheck
+        from ota.update_client import UpdateClient, UpdateClientConfig
+        from ota.update_source import UpdateClientSource
+
+        cfg = self.config
+        slots = cfg.slots_dir
+        if not (slots / "state.json").exists():
+            raise InputError(
+                f"[ota]: the A/B slots in {slots} are not provisioned: run "
+                f"`tbox ota slots provision {slots} IMAGE --release-counter N` once"
+            )
+        installer = AbInstaller(slots, max_attempts=ota.max_boot_attempts)
+        client = UpdateClient(
+            UpdateClientConfig(
+                vehicle_id=cfg.vehicle_id,
+                hardware_id=ota.hardware_id,
+                ecus=dict(ota.ecus),
+                director_url=ota.director_url,
+                image_url=ota.image_url,
+                state_dir=cfg.state_dir / "update-client",
+                director_root=ota.director_root,
+                image_root=ota.image_root,
+                max_target_bytes=ota.max_target_bytes,
+                min_bytes_per_s=ota.min_bytes_per_s,
+            )
+        )
+        runner = CampaignRunner(
+            CampaignStore(cfg.state_dir / "campaign"),
+            installer,
+            UpdateClientSource(client, installer),
+            queue,
+            health_check=CommandCheck(ota.health_check or "true", timeout_s=ota.health_timeout_s),
+            vehicle_id=cfg.vehicle_id,
+            next_sequence=uplink.next_sequence,
+            notify=uplink.notify,
+            budgets=StepBudgets(download_stall_s=ota.download_stall_s),
+            boot_on_start=ota.boot_on_start,
+        )
+        async with runner:
+            self._campaigns = runner
+            self._installer = installer
+            try:
+                yield runner
+            finally:
+                self._campaigns = None
 
     async def _serve(self, uplink: Uplink) -> None:
         cfg = self.config
@@ -508,6 +574,21 @@ class AgentService:
                     {"t": e.t, "event": e.event, "quality": dict(e.quality), "error": e.error}
                     for e in u.link_events
                 ],
+            }
+        if self._installer is not None:
+            slots = self._installer.status()
+            campaign = None if self._campaigns is None else self._campaigns.campaign
+            result["ota"] = {
+                "slots": slots.to_json(),
+                "campaign": None
+                if campaign is None
+                else {
+                    "campaign_id": campaign.campaign_id,
+                    "correlation_id": campaign.correlation_id,
+                    "step": str(campaign.step),
+                    "error_code": campaign.error_code,
+                    "detail": campaign.detail,
+                },
             }
         if channel is not None:
             c = channel.stats

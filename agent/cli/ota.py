@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from agent.cli import ota_slots
 from agent.errors import UsageError
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ def register(subparsers: Any) -> None:
     _add_serve(sub)
     _add_check(sub)
     _add_tuf_client(sub)
+    ota_slots.register(sub)
 
 
 # --- argument parsers --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn
@@ -37,6 +38,7 @@ from agent.config.model import (
     GnssConfig,
     ModemConfig,
     MqttConfig,
+    OtaConfig,
     QueueConfig,
     SchemesConfig,
     ShutdownConfig,
@@ -85,9 +87,26 @@ SECTIONS: Final[Mapping[str, tuple[str, ...]]] = {
     "shutdown": ("stage_timeout_s",),
     "gnss": ("port", "baudrate", "silence_timeout_s", "fix_timeout_s"),
     "modem": ("port", "baudrate", "poll_interval_s", "response_timeout_s"),
+    "ota": (
+        "director_url",
+        "image_url",
+        "hardware_id",
+        "director_root",
+        "image_root",
+        "ecus",
+        "slots_dir",
+        "health_check",
+        "health_timeout_s",
+        "max_boot_attempts",
+        "boot_on_start",
+        "min_bytes_per_s",
+        "max_target_bytes",
+        "download_stall_s",
+    ),
 }
 _GNSS_DEFAULTS: Final = GnssConfig(port="-")
 _MODEM_DEFAULTS: Final = ModemConfig(port="-")
+_OTA_DEFAULTS: Final = OtaConfig("http://-", "http://-", "-", Path("-"), Path("-"))
 # The rates serial ports are commonly set to; anything else is most likely a typo.
 _BAUDRATES: Final = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
@@ -254,6 +273,7 @@ class _Builder:
         shutdown = self.shutdown(data)
         gnss = self.gnss(data)
         modem = self.modem(data)
+        ota = self.ota(data)
         config = AgentConfig(
             vehicle_id=vehicle_id,
             state_dir=state_dir,
@@ -267,6 +287,7 @@ class _Builder:
             shutdown=shutdown,
             gnss=gnss,
             modem=modem,
+            ota=ota,
             source=self.source,
         )
         try:
@@ -634,6 +655,67 @@ class _Builder:
         )
         return ModemConfig(
             port=port, baudrate=baudrate, poll_interval_s=poll, response_timeout_s=timeout
+        )
+
+    def ota(self, data: Mapping[str, Any]) -> OtaConfig | None:
+        if "ota" not in data:
+            return None
+        from ota.target_info import identifier_problem
+
+        at: KeyPath = ("ota",)
+        tbl = self.section(data, "ota")
+        urls: list[str] = []
+        for key in ("director_url", "image_url"):
+            url = self.string(tbl, at, key)
+            if url is None:
+                self.fail((*at, key), "is required: the repository's http(s) base URL")
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                self.fail((*at, key), f"{url!r} is not an http:// or https:// URL")
+            urls.append(url)
+        hardware = self.string(tbl, at, "hardware_id")
+        if hardware is None:
+            self.fail((*at, "hardware_id"), "is required: the T-box's hardware id in the targets")
+        if (problem := identifier_problem(hardware)) is not None:
+            self.fail((*at, "hardware_id"), problem)
+        roots: list[Path] = []
+        for key in ("director_root", "image_root"):
+            root = self.existing_file(tbl, at, key)
+            if root is None:
+                self.fail((*at, key), "is required: the root metadata the vehicle trusts")
+            roots.append(root)
+        ecus = tbl.get("ecus", {})
+        if not isinstance(ecus, dict):
+            self.fail((*at, "ecus"), f"must be a table of ECU id = hardware id, not {_kind(ecus)}")
+        for ecu, hw in ecus.items():
+            for value in (ecu, hw):
+                if (problem := identifier_problem(value)) is not None:
+                    self.fail((*at, "ecus", ecu), problem)
+        command = self.string(tbl, at, "health_check")
+        if command is not None and not command.strip():
+            self.fail((*at, "health_check"), "is empty: give a command, or leave the key out")
+        d = _OTA_DEFAULTS
+        return OtaConfig(
+            director_url=urls[0],
+            image_url=urls[1],
+            hardware_id=hardware,
+            director_root=roots[0],
+            image_root=roots[1],
+            ecus=tuple(sorted(ecus.items())),
+            slots_dir=self.path(tbl, at, "slots_dir"),
+            health_check=command,
+            health_timeout_s=self.duration(
+                tbl, at, "health_timeout_s", d.health_timeout_s, zero=False, hi=3600.0
+            ),
+            max_boot_attempts=self.integer(tbl, at, "max_boot_attempts", 3, 1, 100),
+            boot_on_start=self.boolean(tbl, at, "boot_on_start", True),
+            min_bytes_per_s=float(self.integer(tbl, at, "min_bytes_per_s", 1024, 0, 10**9)),
+            max_target_bytes=self.size(
+                tbl, at, "max_target_bytes", d.max_target_bytes, MIB, 64 * GIB
+            ),
+            download_stall_s=self.duration(
+                tbl, at, "download_stall_s", d.download_stall_s, zero=False, hi=DAY
+            ),
         )
 
     # -- values -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ __all__ = [
     "GnssConfig",
     "ModemConfig",
     "MqttConfig",
+    "OtaConfig",
     "QueueConfig",
     "SchemesConfig",
     "ShutdownConfig",
@@ -152,6 +153,36 @@ class ModemConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OtaConfig:
+    """``[ota]``: over-the-air updates of the T-box's own software (Uptane-style).
+
+    The vehicle trusts the director and image repositories whose provisioned root metadata are
+    ``director_root`` and ``image_root``; campaigns arrive as ``cmd/ota`` commands and install
+    into the A/B slots under ``slots_dir`` (``None``: ``<state_dir>/slots``), which
+    ``tbox ota slots provision`` prepares. ``ecus`` are the ECUs behind the T-box (ECU id,
+    hardware id) that the director may assign images to. ``health_check`` is a command that must
+    exit 0 on the new software before it is committed (``None``: the agent running again is the check).
+    ``boot_on_start``: the agent plays the bootloader's part (counting boot attempts) at start,
+    as on the simulated T-box; false where a real bootloader does.
+    """
+
+    director_url: str
+    image_url: str
+    hardware_id: str
+    director_root: Path
+    image_root: Path
+    ecus: tuple[tuple[str, str], ...] = ()
+    slots_dir: Path | None = None
+    health_check: str | None = None
+    health_timeout_s: float = 60.0
+    max_boot_attempts: int = 3
+    boot_on_start: bool = True
+    min_bytes_per_s: float = 1024.0
+    max_target_bytes: int = 4 * 1024**3
+    download_stall_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownConfig:
     """``[shutdown]``: the time each shutdown stage may take before it is cut short."""
 
@@ -174,12 +205,20 @@ class AgentConfig:
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     gnss: GnssConfig | None = None
     modem: ModemConfig | None = None
+    ota: OtaConfig | None = None
     source: str = "<defaults>"
 
     @property
     def sequence_file(self) -> Path:
         """Where the batch sequence reservation is persisted."""
         return self.state_dir / "sequence"
+
+    @property
+    def slots_dir(self) -> Path:
+        """The A/B slots of ``[ota]`` (``<state_dir>/slots`` unless configured)."""
+        if self.ota is not None and self.ota.slots_dir is not None:
+            return self.ota.slots_dir
+        return self.state_dir / "slots"
 
     @property
     def pushed_schemes_file(self) -> Path:

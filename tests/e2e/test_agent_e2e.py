@@ -352,10 +352,41 @@ ONCE_PER_RUN = {
 }
 
 
+# The telemetry path's points (queue, batch sequence, uplink): crashed here with the whole agent.
+# Updates and flashing have crash tests of their own that enumerate their points the same way.
+TELEMETRY_PREFIXES = ("queue.", "sequence.", "uplink.")
+OWN_CRASH_TESTS = {
+    "slots.": "tests/ota/test_ab_installer.py",
+    "campaign.": "tests/ota/test_campaign_crash.py",
+    "download.": "tests/ota/test_fetcher.py",
+    "update_client.": "tests/ota/test_update_client.py",
+    "trusted_time.": "tests/ota/test_trusted_time.py",
+    "ecu.": "tests/ota/test_ecu_crash.py",
+}
+
+
 def _crash_point_names() -> list[str]:
     from agent.crashpoints import all_crashpoints
 
-    return [p.name for p in all_crashpoints() if p.name not in ONLY_WITH_A_DAMAGED_OR_FULL_QUEUE]
+    return [
+        p.name
+        for p in all_crashpoints()
+        if p.name.startswith(TELEMETRY_PREFIXES) and p.name not in ONLY_WITH_A_DAMAGED_OR_FULL_QUEUE
+    ]
+
+
+def test_every_crash_point_has_a_crash_test() -> None:
+    from agent.crashpoints import all_crashpoints
+
+    repo = Path(__file__).resolve().parents[2]
+    for point in all_crashpoints():
+        if point.name.startswith(TELEMETRY_PREFIXES):
+            continue
+        prefix = next((p for p in OWN_CRASH_TESTS if point.name.startswith(p)), None)
+        assert prefix is not None, f"crash point {point.name} is crashed by no test"
+        test = (repo / OWN_CRASH_TESTS[prefix]).read_text()
+        # Those tests read their points from the registry by prefix, never from a fixed list.
+        assert repr(prefix) in test or f'"{prefix}' in test, (point.name, OWN_CRASH_TESTS[prefix])
 
 
 def test_the_other_crash_points_are_crashed_by_the_queue_tests() -> None:

@@ -5,7 +5,7 @@ A/B slots. Also shows the adapter the agent uses between UpdateClient and the ru
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,42 +16,13 @@ from agent.uplink import OTA_STATUS_KIND
 from agent.upload_queue import UploadQueue
 from ota.ab_installer import AbInstaller
 from ota.campaign import Step
-from ota.campaign_runner import CampaignRunner, SlotInstaller, UpdateSource
+from ota.campaign_runner import CampaignRunner, UpdateSource
 from ota.campaign_store import CampaignStore
 from ota.health_check import CommandCheck
-from ota.target_info import ImageKind
-from ota.update_client import PlannedTarget, Slot, UpdateClient
+from ota.update_client import PlannedTarget
+from ota.update_source import UpdateClientSource
 from tests.ota.ab_crash_child import image_file
 from tests.ota.test_update_client import BMS_FW, ROOTFS, Bench, make_bench
-
-
-class UpdateClientSource:
-    """:class:`UpdateClient` as a campaign's :class:`UpdateSource`.
-
-    ``check`` passes the installed release counter (from the slots) so that the client refuses
-    a downgrade itself; ``download`` stores each target under its flat file name in the
-    campaign's directory. The client reports no progress while it downloads, so the campaign
-    hears of it once, at the end (its throughput floor and socket timeout catch a stall).
-    """
-
-    def __init__(self, client: UpdateClient, slots: SlotInstaller) -> None:
-        self.client = client
-        self.slots = slots
-
-    def _installed(self, slot: Slot) -> int | None:
-        if slot == (ImageKind.TBOX, None):
-            return self.slots.status().committed_release
-        return None  # ECU firmware: not this agent's (issue 5)
-
-    def check(self) -> tuple[PlannedTarget, ...]:
-        return self.client.check(self._installed).targets
-
-    def download(
-        self, target: PlannedTarget, dest: Path, progress: Callable[[int, int], None]
-    ) -> Path:
-        path = self.client.download(target, dest / target.file_name)
-        progress(target.length, target.length)
-        return path
 
 
 @pytest.fixture

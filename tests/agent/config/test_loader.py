@@ -414,6 +414,13 @@ ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ('[modem]\nport = "/dev/x"\npoll_interval_s = 5\nresponse_timeout_s = 6\n', 9,
      "modem.response_timeout_s", "a poll must end before the next begins"),
     ('[modem]\nport = ""\n', 7, "modem.port", "is required"),
+    # [ota]
+    ('[ota]\nimage_url = "http://i/"\n', 6, "ota.director_url", "is required"),
+    ('[ota]\ndirector_url = "ftp://d/"\n', 7, "ota.director_url", "is not an http"),
+    ('[ota]\ndirector_url = "http://d/"\nimage_url = "http://i/"\nhardware_id = "a b"\n', 9,
+     "ota.hardware_id", "must be 1–64 characters"),
+    ('[ota]\ndirector_url = "http://d/"\nimage_url = "http://i/"\nhardware_id = "hw"\n'
+     'director_root = "nope.json"\n', 10, "ota.director_root", "does not exist"),
 ]  # fmt: skip
 
 
@@ -436,7 +443,7 @@ DOCUMENT_ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ("", None, "vehicle.id", "is required"),
     ('color = "red"\n' + BASE, 1, "color",
      "unknown key (expected one of: vehicle, bus, schemes, state, queue, mqtt, commands, status, "
-     "shutdown, gnss, modem)"),
+     "shutdown, gnss, modem, ota)"),
     ("[vehicle]\nstate_dir = '/x'\n", 1, "vehicle.id", "is required"),
     ("vehicle = 5\n", 1, "vehicle", "must be a table ([vehicle]), not a number"),
     ('[vehicle]\nid = "a/b"\n', 2, "vehicle.id", "'a/b' must be 1–64 printable characters"),
@@ -542,14 +549,18 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
         (tmp_path / name).write_text("PEM\n")
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "backend-2025.pub").write_bytes(_public_key_pem())
+    for name in ("director-root.json", "image-root.json"):
+        (tmp_path / name).write_text("{}\n")
     text = (EXAMPLES / "agent.toml").read_text()
     text = re.sub(r"(?m)^password = .*\n", "", text)  # password_file replaces it
     text = re.sub(
         r"(?m)^# ((?:dbc|password_file|ca_file|cert_file|key_file|backend-2025) = )", r"\1", text
     )
     text = re.sub(
-        r"(?m)^# (\[(?:gnss|modem)\]|(?:port|baudrate|silence_timeout_s|fix_timeout_s"
-        r"|poll_interval_s|response_timeout_s) = )",
+        r"(?m)^# (\[(?:gnss|modem|ota)\]|(?:port|baudrate|silence_timeout_s|fix_timeout_s"
+        r"|poll_interval_s|response_timeout_s|director_url|image_url|hardware_id|director_root"
+        r"|image_root|ecus|slots_dir|health_check|health_timeout_s|max_boot_attempts|boot_on_start"
+        r"|min_bytes_per_s|max_target_bytes|download_stall_s) = )",
         r"\1",
         text,
     )
@@ -564,6 +575,9 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
     assert config.buses[0].dbc == (SAMPLE_VEHICLE_DBC,)
     assert config.gnss == GnssConfig("/dev/ttyACM0", 9600, 3.0, 10.0)
     assert config.modem == ModemConfig("/dev/ttyUSB2", 115200, 10.0, 2.0)
+    assert config.ota is not None and config.ota.director_root == tmp_path / "director-root.json"
+    assert config.ota.max_target_bytes == 4 * 2**30 and config.ota.health_timeout_s == 60
+    assert config.slots_dir == Path("/var/lib/tbox/slots")
 
     keys = set(re.findall(r"(?m)^([a-z_0-9]+) = ", text))
     for section, names in SECTIONS.items():
