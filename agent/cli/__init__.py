@@ -18,6 +18,7 @@ from agent.errors import TboxError, UsageError
 # Subcommand modules, in the order `tbox --help` lists them.
 _SUBCOMMANDS = (
     "check_config",
+    "command",
     "debug",
     "decode",
     "demo",
