@@ -161,7 +161,8 @@ class OtaConfig:
     into the A/B slots under ``slots_dir`` (``None``: ``<state_dir>/slots``), which
     ``tbox ota slots provision`` prepares. ``ecus`` are the ECUs behind the T-box (ECU id,
     hardware id) that the director may assign images to. ``health_check`` is a command that must
-    exit 0 on the new software before it is committed (``None``: the agent running again is the check).
+    exit 0 on the new software before it is committed (``None``: the agent running again is the
+    check).
     ``boot_on_start``: the agent plays the bootloader's part (counting boot attempts) at start,
     as on the simulated T-box; false where a real bootloader does.
     """
