@@ -105,6 +105,8 @@ class AgentService:
         self._modem: ModemMonitor | None = None
         self._campaigns: Any = None  # ota.campaign_runner.CampaignRunner with [ota]
         self._installer: Any = None  # ota.ab_installer.AbInstaller with [ota]
+        self._ids: Any = None  # security.engine.IdsEngine with [ids]
+        self._ids_events = 0
         # The latest value of every device signal, for the status snapshot.
         self._device_values: dict[str, dict[str, float | int | str]] = {}
         self._scheme_source = "files"
@@ -140,6 +142,8 @@ class AgentService:
             state_interval_ms=cfg.state.min_interval_ms,
             device_buses=device_buses,
         )
+        if cfg.ids is not None:
+            self._ids = await asyncio.to_thread(self._ids_engine, dbcs)
         verifier = CommandVerifier(
             keys,
             cfg.vehicle_id,
@@ -242,7 +246,10 @@ class AgentService:
             self.snapshot, socket_path=cfg.status.socket, prometheus=cfg.status.prometheus
         )
         async with status, contextlib.AsyncExitStack() as devices:
-            source = FrameSource([bus.spec for bus in cfg.buses], frame_ids=pipeline.frame_ids())
+            # Intrusion detection judges every frame (unknown ids are what fuzzing looks like):
+            # no id filter then.
+            frame_ids = None if self._ids is not None else pipeline.frame_ids()
+            source = FrameSource([bus.spec for bus in cfg.buses], frame_ids=frame_ids)
             await source.__aenter__()
             self._source = source
             devices.push_async_callback(self._close_devices)
@@ -294,6 +301,8 @@ class AgentService:
                     timeout,
                 )
                 await self._stage("collect", self._commit(pipeline.flush()), timeout)
+                if self._ids is not None:
+                    await self._stage("collect", self._commit_events(self._ids.finish()), timeout)
 
     @staticmethod
     async def _stage(name: str, step: Awaitable[object], limit_s: float) -> None:
@@ -338,10 +347,56 @@ class AgentService:
 
     # -- the data path -------------------------------------------------------------------------
 
+    def _ids_engine(self, dbcs: dict[str, list[Any]]) -> Any:
+        from security.engine import EngineConfig, IdsEngine
+        from security.keys import load_keys
+        from security.rulefile import load_rules
+
+        ids = self.config.ids
+        assert ids is not None
+        keys = load_keys(ids.keys) if ids.keys is not None else None
+        return IdsEngine(
+            load_rules(ids.rules),
+            databases=dbcs,
+            keys=keys,
+            config=EngineConfig(idsm_instance_id=ids.idsm_instance_id),
+        )
+
+    async def _commit_events(self, events: Iterable[Any]) -> None:
+        """Queue security events ahead of all telemetry (priority 0, never evicted first)."""
+        queue = self._queue
+        if queue is None:
+            return
+        now = self._clock()
+        items = [
+            QueueItem(
+                "events",
+                0,
+                e.to_proto().SerializeToString(),
+                now,
+                now + self.config.queue.ttl_s,
+            )
+            for e in events
+        ]
+        if not items:
+            return
+        await queue.put(items)
+        self._ids_events += len(items)
+        if self._uplink is not None:
+            self._uplink.notify()
+
     async def _intake(self, source: FrameSource) -> None:
         pipeline = self.pipeline
         assert pipeline is not None
+        engine = self._ids
         async for batch in source:
+            if engine is not None:
+                judge = engine.process
+                for frame in batch:
+                    judge(frame)
+                events = engine.pop_events()
+                if events:
+                    await self._commit_events(events)
             records = pipeline.process(batch)
             if batch:
                 self._bus_t = batch[-1].timestamp
@@ -406,6 +461,12 @@ class AgentService:
             records = pipeline.tick(now)
             if records:
                 await self._commit(records)
+            if self._ids is not None:
+                # A bus that goes quiet still closes windows (suspension, aggregation).
+                self._ids.tick(now)
+                events = self._ids.pop_events()
+                if events:
+                    await self._commit_events(events)
             self._publish_state()
 
     async def _commit(self, records: Iterable[CollectedRecord]) -> None:
@@ -574,6 +635,14 @@ class AgentService:
                     {"t": e.t, "event": e.event, "quality": dict(e.quality), "error": e.error}
                     for e in u.link_events
                 ],
+            }
+        if self._ids is not None:
+            st = self._ids.stats
+            result["ids"] = {
+                "frames": st.frames,
+                "flagged_frames": st.flagged_frames,
+                "events": self._ids_events,
+                "findings": dict(st.findings),
             }
         if self._installer is not None:
             slots = self._installer.status()

@@ -36,6 +36,7 @@ from agent.config.model import (
     BusConfig,
     CommandsConfig,
     GnssConfig,
+    IdsConfig,
     ModemConfig,
     MqttConfig,
     OtaConfig,
@@ -103,6 +104,7 @@ SECTIONS: Final[Mapping[str, tuple[str, ...]]] = {
         "max_target_bytes",
         "download_stall_s",
     ),
+    "ids": ("rules", "keys", "idsm_instance_id"),
 }
 _GNSS_DEFAULTS: Final = GnssConfig(port="-")
 _MODEM_DEFAULTS: Final = ModemConfig(port="-")
@@ -274,6 +276,7 @@ class _Builder:
         gnss = self.gnss(data)
         modem = self.modem(data)
         ota = self.ota(data)
+        ids = self.ids(data)
         config = AgentConfig(
             vehicle_id=vehicle_id,
             state_dir=state_dir,
@@ -288,6 +291,7 @@ class _Builder:
             gnss=gnss,
             modem=modem,
             ota=ota,
+            ids=ids,
             source=self.source,
         )
         try:
@@ -716,6 +720,32 @@ class _Builder:
             download_stall_s=self.duration(
                 tbl, at, "download_stall_s", d.download_stall_s, zero=False, hi=DAY
             ),
+        )
+
+    def ids(self, data: Mapping[str, Any]) -> IdsConfig | None:
+        if "ids" not in data:
+            return None
+        at: KeyPath = ("ids",)
+        tbl = self.section(data, "ids")
+        rules = self.existing_file(tbl, at, "rules")
+        if rules is None:
+            self.fail((*at, "rules"), "is required: a rule file (tbox ids learn writes one)")
+        keys = self.existing_file(tbl, at, "keys")
+        # Loaded here so that a rule file that does not parse stops the start (and check-config).
+        from security.keys import load_keys
+        from security.rulefile import load_rules
+
+        for key, path, load in (("rules", rules, load_rules), ("keys", keys, load_keys)):
+            if path is None:
+                continue
+            try:
+                load(path)
+            except TboxError as e:
+                self.fail((*at, key), str(e))
+        return IdsConfig(
+            rules=rules,
+            keys=keys,
+            idsm_instance_id=self.integer(tbl, at, "idsm_instance_id", 1, 0, 1023),
         )
 
     # -- values -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ __all__ = [
     "BusConfig",
     "CommandsConfig",
     "GnssConfig",
+    "IdsConfig",
     "ModemConfig",
     "MqttConfig",
     "OtaConfig",
@@ -184,6 +185,17 @@ class OtaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IdsConfig:
+    """``[ids]``: intrusion detection on every frame of every bus, with the rule file ``rules``
+    (``tbox ids learn`` writes one) and, for SecOC rules, the key file ``keys``. Security events
+    are queued before telemetry and published on ``events``."""
+
+    rules: Path
+    keys: Path | None = None
+    idsm_instance_id: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class ShutdownConfig:
     """``[shutdown]``: the time each shutdown stage may take before it is cut short."""
 
@@ -207,6 +219,7 @@ class AgentConfig:
     gnss: GnssConfig | None = None
     modem: ModemConfig | None = None
     ota: OtaConfig | None = None
+    ids: IdsConfig | None = None
     source: str = "<defaults>"
 
     @property

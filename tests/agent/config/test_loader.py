@@ -71,6 +71,7 @@ def _populate(folder: Path) -> Path:
     (folder / "empty.txt").write_text("\n")
     (folder / "backend.pub").write_bytes(_public_key_pem())
     (folder / "bad.pub").write_text("not a key\n")
+    (folder / "bad.toml").write_text("[[rule]]\nid = 5\n")
     (folder / "sub").mkdir()
     return folder
 
@@ -414,6 +415,9 @@ ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ('[modem]\nport = "/dev/x"\npoll_interval_s = 5\nresponse_timeout_s = 6\n', 9,
      "modem.response_timeout_s", "a poll must end before the next begins"),
     ('[modem]\nport = ""\n', 7, "modem.port", "is required"),
+    # [ids]
+    ("[ids]\n", 6, "ids.rules", "is required"),
+    ('[ids]\nrules = "bad.toml"\n', 7, "ids.rules", "bad.toml"),
     # [ota]
     ('[ota]\nimage_url = "http://i/"\n', 6, "ota.director_url", "is required"),
     ('[ota]\ndirector_url = "ftp://d/"\n', 7, "ota.director_url", "is not an http"),
@@ -443,7 +447,7 @@ DOCUMENT_ERRORS: list[tuple[str, int | None, str | None, str]] = [
     ("", None, "vehicle.id", "is required"),
     ('color = "red"\n' + BASE, 1, "color",
      "unknown key (expected one of: vehicle, bus, schemes, state, queue, mqtt, commands, status, "
-     "shutdown, gnss, modem, ota)"),
+     "shutdown, gnss, modem, ota, ids)"),
     ("[vehicle]\nstate_dir = '/x'\n", 1, "vehicle.id", "is required"),
     ("vehicle = 5\n", 1, "vehicle", "must be a table ([vehicle]), not a number"),
     ('[vehicle]\nid = "a/b"\n', 2, "vehicle.id", "'a/b' must be 1–64 printable characters"),
@@ -551,16 +555,18 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
     (tmp_path / "keys" / "backend-2025.pub").write_bytes(_public_key_pem())
     for name in ("director-root.json", "image-root.json"):
         (tmp_path / name).write_text("{}\n")
+    (tmp_path / "ids-rules.toml").write_text("version = 1\n")
+    (tmp_path / "secoc-keys.toml").write_text("[keys]\n")
     text = (EXAMPLES / "agent.toml").read_text()
     text = re.sub(r"(?m)^password = .*\n", "", text)  # password_file replaces it
     text = re.sub(
         r"(?m)^# ((?:dbc|password_file|ca_file|cert_file|key_file|backend-2025) = )", r"\1", text
     )
     text = re.sub(
-        r"(?m)^# (\[(?:gnss|modem|ota)\]|(?:port|baudrate|silence_timeout_s|fix_timeout_s"
+        r"(?m)^# (\[(?:gnss|modem|ota|ids)\]|(?:port|baudrate|silence_timeout_s|fix_timeout_s"
         r"|poll_interval_s|response_timeout_s|director_url|image_url|hardware_id|director_root"
         r"|image_root|ecus|slots_dir|health_check|health_timeout_s|max_boot_attempts|boot_on_start"
-        r"|min_bytes_per_s|max_target_bytes|download_stall_s) = )",
+        r"|min_bytes_per_s|max_target_bytes|download_stall_s|rules|keys|idsm_instance_id) = )",
         r"\1",
         text,
     )
@@ -578,6 +584,7 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
     assert config.ota is not None and config.ota.director_root == tmp_path / "director-root.json"
     assert config.ota.max_target_bytes == 4 * 2**30 and config.ota.health_timeout_s == 60
     assert config.slots_dir == Path("/var/lib/tbox/slots")
+    assert config.ids is not None and config.ids.rules == tmp_path / "ids-rules.toml"
 
     keys = set(re.findall(r"(?m)^([a-z_0-9]+) = ", text))
     for section, names in SECTIONS.items():
