@@ -103,8 +103,6 @@ CP_BEFORE_ACK = crashpoints.declare(
     "the broker acknowledged a batch (PUBACK); its items are not yet acked in the queue",
 )
 
-Kind = Literal["telemetry", "events", "ota_status"]
-
 
 @dataclass(frozen=True, slots=True)
 class UplinkConfig:

@@ -33,6 +33,7 @@ from agent.proto.tbox.v1 import CommandResult, OtaStatus
 from agent.service import AgentService, running
 from can_dbc import SAMPLE_VEHICLE_DBC
 from ota.ab_installer import AbInstaller
+from tests.agent.test_service import _until
 from tests.mosquitto_broker import MosquittoBroker, mosquitto_binary
 from tests.ota.ab_crash_child import image_file
 from tests.ota.test_update_client import BMS_FW, ROOTFS, Bench, make_bench
@@ -90,13 +91,6 @@ async def _backend(port: int) -> AsyncIterator[_Backend]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def _until(predicate: object, within: float = 60.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polling what other tasks collect
-            await asyncio.sleep(0.05)
 
 
 def _config(work: Path, bench: Bench, port: int, pub: Path) -> AgentConfig:
@@ -159,7 +153,8 @@ async def test_a_signed_campaign_is_installed_committed_and_reported(
                     s.state in (OtaStatus.STATE_COMMITTED, OtaStatus.STATE_FAILED)
                     and s.target != "bms"
                     for s in backend.statuses
-                )
+                ),
+                within=60,
             )
             snapshot = service.snapshot()
         # Nothing else to wait for: every status is published before the commit one.
