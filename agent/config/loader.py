@@ -673,7 +673,10 @@ class _Builder:
             url = self.string(tbl, at, key)
             if url is None:
                 self.fail((*at, key), "is required: the repository's http(s) base URL")
-            parts = urllib.parse.urlsplit(url)
+            try:
+                parts = urllib.parse.urlsplit(url)
+            except ValueError as e:  # e.g. an unclosed IPv6 bracket
+                self.fail((*at, key), f"{url!r} is not a URL ({e})")
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 self.fail((*at, key), f"{url!r} is not an http:// or https:// URL")
             urls.append(url)

@@ -71,7 +71,11 @@ async def test_python_can_slcan_driver_talks_to_it_both_ways() -> None:
             can.Bus, interface="slcan", channel=adapter.path, bitrate=500000
         )
         try:
-            assert adapter.interpreter.is_open
+            # The driver's "O" may still be on its way through the pty when its constructor
+            # returns; wait for the twin to have read it (a deadline, not a timing assertion).
+            async with asyncio.timeout(TIMEOUT):
+                while not adapter.interpreter.is_open:  # noqa: ASYNC110 - no event to await
+                    await asyncio.sleep(0.01)
             assert adapter.interpreter.bitrate == 500000
             for msg in FRAMES:
                 await asyncio.to_thread(host.send, msg)
