@@ -21,7 +21,8 @@ thread (``asyncio.to_thread``), answer. Stopping is cancellation: ``__aexit__`` 
 waits for a step in flight to finish (a block half-written by us would be a power cut we did not
 ask for), stops the stacks and the reader, closes the flash files and the bus.
 
-Response pending: erase and check answer NRC 0x78 at once and every ``pending_interval_s`` until
+Response pending: erase, check and invalidate (RoutineControl FF00, FF01, FF02) answer NRC 0x78
+at once and every ``pending_interval_s`` until
 done; any other step answers 0x78 if it takes longer than ``pending_after_s`` (below the P2 of
 50 ms the ECU announces).
 
@@ -56,6 +57,7 @@ from firmware_stub.uds import (
     Decision,
     Effect,
     EraseBank,
+    InvalidateBank,
     ServerConfig,
     ServerState,
     UdsServer,
@@ -292,7 +294,7 @@ class SimulatedEcu:
             else:
                 self._booted(report, "reset")
 
-    async def _perform(self, decision: Decision) -> CheckStatus | None:
+    async def _perform(self, decision: Decision) -> CheckStatus | bool | None:
         effect = decision.effect
         assert effect is not None
         task = asyncio.ensure_future(asyncio.to_thread(self._apply, effect))
@@ -313,7 +315,7 @@ class SimulatedEcu:
                 await asyncio.shield(task)
             raise
 
-    def _apply(self, effect: Effect) -> CheckStatus | None:
+    def _apply(self, effect: Effect) -> CheckStatus | bool | None:
         flash = self.flash
         if isinstance(effect, WriteBlock):
             flash.write_block(effect.bank, effect.offset, effect.data, effect.length)
@@ -322,6 +324,8 @@ class SimulatedEcu:
             flash.erase(effect.bank)
         elif isinstance(effect, CheckBank):
             return flash.check(effect.bank, record_dtc=effect.record_dtc)
+        elif isinstance(effect, InvalidateBank):
+            return flash.invalidate(effect.bank)
         elif isinstance(effect, WriteFingerprint):
             flash.write_fingerprint(effect.data)
         elif isinstance(effect, ClearDtcs):
@@ -382,18 +386,29 @@ class SimulatedEcu:
             text = f"{why}: running bank {report.active}, version {report.version}"
         if report.rejected:
             text += f" (bank {', '.join(map(str, report.rejected))} failed verification)"
+        for bank in report.crashed:
+            version = self.flash.meta.banks[bank].version
+            text += f" (bank {bank}, version {version}, crashed at start: invalid now)"
         self._event(text)
 
-    def _describe_effect(self, effect: Effect | None, result: CheckStatus | None) -> None:
+    def _describe_effect(self, effect: Effect | None, result: CheckStatus | bool | None) -> None:
         if isinstance(effect, EraseBank):
             self._event(f"erased bank {effect.bank}")
         elif isinstance(effect, CheckBank):
-            assert result is not None
+            assert isinstance(result, CheckStatus)
             record = self.flash.meta.banks[effect.bank]
             if result is CheckStatus.OK:
                 self._event(f"check bank {effect.bank}: version {record.version} is valid")
             else:
                 self._event(f"check bank {effect.bank}: refused: {result.description}")
+        elif isinstance(effect, InvalidateBank):
+            record = self.flash.meta.banks[effect.bank]
+            if result:
+                self._event(f"invalidated bank {effect.bank} (version {record.version})")
+            else:
+                self._event(
+                    f"invalidate bank {effect.bank}: refused: the other bank does not verify"
+                )
         elif isinstance(effect, WriteBlock) and effect.offset == 0:
             self._event(f"download into bank {effect.bank}: {effect.length} bytes")
 

@@ -1,10 +1,11 @@
-"""Fault injection for simulated ECUs: dropped and delayed responses, power cuts, bad blocks.
+"""Fault injection for simulated ECUs: dropped and delayed responses, power cuts, bad blocks,
+images that crash at start.
 
 A :class:`FaultPlan` is immutable configuration; :class:`FaultState` counts what happened in one
 ECU (requests per service, blocks written, persistence steps reached) and decides, one event at
 a time, whether a fault fires. Faults that fire once (a power cut, a corrupted block) fire once
 per process, however often the ECU reboots, so that a flash that resumes after the cut can
-complete.
+complete; ``boot-fails`` fires at every boot of that version (the firmware is broken).
 
 Command-line form (``tbox ecu run --fault [ECU:]NAME=VALUE``; without ``ECU:`` for every ECU):
 
@@ -20,6 +21,10 @@ Command-line form (``tbox ecu run --fault [ECU:]NAME=VALUE``; without ``ECU:`` f
                            step STEP (a crash point name, e.g. ``ecu.after_progress``)
 ``power-off=S``            how long the ECU stays off after a power cut (default 0.5)
 ``corrupt-block=N``        flip a bit of the N-th block as it is stored (the check then fails)
+``boot-fails=VERSION``     an image of that version passes its check but crashes at start: at
+                           boot the bootloader marks its bank invalid (persistently, DTC
+                           F00030) and boots the other bank, so activating it fails and the ECU
+                           keeps running its previous image; repeatable
 =========================  =====================================================================
 
 A power cut by environment variable (contract C6, ``TBOX_CRASHPOINT=ecu.block_written:5``) ends
@@ -51,6 +56,7 @@ class FaultPlan:
     power_cut_at: tuple[str, int] | None = None
     power_off_s: float = DEFAULT_POWER_OFF_S
     corrupt_block: int | None = None
+    boot_fails: frozenset[int] = frozenset()  # image versions that crash at start
 
     @property
     def any(self) -> bool:
@@ -70,6 +76,7 @@ class FaultState:
     fired: set[str] = field(default_factory=set)
     dropped: int = 0
     power_cuts: int = 0
+    boot_failures: int = 0
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
@@ -92,6 +99,13 @@ class FaultState:
             self.fired.add("step")
             self.power_cuts += 1
             raise PowerCut(name)
+
+    def boot_fails(self, version: int) -> bool:
+        """The bootloader starts an image of *version*: True if it crashes (every time)."""
+        fails = version in self.plan.boot_fails
+        if fails:
+            self.boot_failures += 1
+        return fails
 
     def block(self, data: bytes) -> tuple[bytes, bool]:
         """Count one block about to be stored: ``(bytes to store, cut the power halfway)``."""
@@ -162,6 +176,11 @@ def _apply(plan: FaultPlan, text: str, name: str, value: str) -> FaultPlan:
             if name == "corrupt-block":
                 return replace(plan, corrupt_block=n)
             return replace(plan, power_cut_at_block=n)
+        if name == "boot-fails":
+            version = int(value)
+            if version < 0:
+                raise ValueError
+            return replace(plan, boot_fails=plan.boot_fails | {version})
         if name == "power-cut-at":
             step, colon, n_text = value.partition(":")
             n = int(n_text) if colon else 1
@@ -182,5 +201,5 @@ def _apply(plan: FaultPlan, text: str, name: str, value: str) -> FaultPlan:
         ) from None
     raise EcuConfigError(
         f"--fault {text!r}: unknown fault {name!r} (drop-response, drop-rate, delay, "
-        "power-cut-at-block, power-cut-at, power-off, corrupt-block)"
+        "power-cut-at-block, power-cut-at, power-off, corrupt-block, boot-fails)"
     )

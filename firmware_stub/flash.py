@@ -29,12 +29,19 @@ written last: a bank's bytes are fsynced before any metadata that vouches for th
   against the trusted key, hardware id, no downgrade) and writes ``valid`` (with version, SHA-256
   and a programming sequence number) or ``invalid``.
 * **Boot** picks the valid bank with the highest (version, sequence), verifies it again (hash and
-  signature, as secure boot would; a bank that fails is marked invalid and the next is tried) and
-  records it as active. The previous image stays valid in the other bank as the fallback until
-  that bank is erased for the next update.
+  signature, as secure boot would; a bank that fails is marked invalid with DTC F00020 and the
+  next is tried) and records it as active. An image that verifies but crashes at start (fault
+  ``boot-fails``) is marked invalid too, with DTC F00030. The previous image stays valid in the
+  other bank as the fallback until that bank is erased for the next update.
+* **Invalidate** (RoutineControl 0xFF02, a rollback) marks a valid bank ``invalid`` — only after
+  re-verifying that the other bank holds a valid image (hash and signature): it never leaves the
+  flash without a valid bank. It may be the active bank: the ECU runs it until the next boot,
+  which picks the other one; meanwhile the metadata names an invalid active bank, and erasing
+  the other (its only valid bank) is refused.
 
 So at every instant some valid bank stays bootable once one was: a power cut during erase,
-transfer or check only loses the bank being written.
+transfer or check only loses the bank being written, one during an invalidation leaves either
+the image or its fallback to boot.
 
 Every persistence step hits a crash point (contract C6) and, with fault injection, may cut the
 power in-process (:class:`~firmware_stub.faults.FaultState`, raising
@@ -45,7 +52,8 @@ power in-process (:class:`~firmware_stub.faults.FaultState`, raising
                                     replaced the old one (directory not yet fsynced), for X in
                                     ``provision``, ``erase_begin``, ``bank_erased``,
                                     ``progress``, ``validity_flag``, ``check_failed``,
-                                    ``active_switch``, ``fingerprint``, ``dtcs_cleared``
+                                    ``active_switch``, ``fingerprint``, ``dtcs_cleared``,
+                                    ``invalidate`` (a bank marked invalid by a rollback)
 ``ecu.bank_data_erased``            the bank is filled with 0xFF and fsynced (metadata: erasing)
 ``ecu.block_written``               a block's bytes are fsynced (progress not yet recorded)
 =================================  ==============================================================
@@ -89,6 +97,7 @@ __all__ = [
     "DEFAULT_BANK_SIZE",
     "DTC_BOOT_VERIFICATION",
     "DTC_CHECK_FAILED",
+    "DTC_START_FAILED",
     "BankRecord",
     "BootReport",
     "FlashMemory",
@@ -106,6 +115,7 @@ _ERASE_CHUNK: Final = 1 << 20
 #: Stored DTCs (3-byte codes, reported with status testFailed | confirmedDTC).
 DTC_CHECK_FAILED: Final = 0xF00010  # an image failed check programming dependencies
 DTC_BOOT_VERIFICATION: Final = 0xF00020  # a valid bank failed verification at boot
+DTC_START_FAILED: Final = 0xF00030  # a verified image crashed at start (fault boot-fails)
 
 
 def _pair(step: str, what: str) -> tuple[CrashPoint, CrashPoint]:
@@ -129,6 +139,7 @@ CP_CHECK_FAILED = _pair("check_failed", "marking a bank invalid after a failed c
 CP_ACTIVE_SWITCH = _pair("active_switch", "switching the active bank at boot")
 CP_FINGERPRINT = _pair("fingerprint", "with a new fingerprint")
 CP_DTCS = _pair("dtcs_cleared", "with cleared DTCs")
+CP_INVALIDATE = _pair("invalidate", "marking a bank invalid for a rollback (RoutineControl 0xFF02)")
 CP_BANK_DATA_ERASED = crashpoints.declare(
     "ecu.bank_data_erased",
     "simulated ECU: a bank is filled with 0xFF and fsynced; its metadata still says erasing",
@@ -190,6 +201,10 @@ class BankRecord:
         if record.state is BankState.VALID and len(record.sha256) != 32:
             raise ValueError(f"{where}: a valid bank needs a 32-byte sha256")
         return record
+
+
+#: What the active bank's state may be: valid, or invalidated while it runs (a rollback).
+_RUNNABLE: Final = frozenset({BankState.VALID, BankState.INVALID})
 
 
 def _uint(value: Any, where: str) -> int:
@@ -276,19 +291,21 @@ class FlashMeta:
             fingerprint=fingerprint,
             dtcs=tuple(int(str(code), 16) for code in dtcs),
         )
-        if active is not None and meta.banks[active].state is not BankState.VALID:
-            raise ValueError(f"active bank {active} is not valid")
+        if active is not None and meta.banks[active].state not in _RUNNABLE:
+            raise ValueError(f"active bank {active} is neither valid nor invalidated")
         return meta
 
 
 @dataclass(frozen=True, slots=True)
 class BootReport:
-    """What a boot found: the bank it runs (``None``: bootloader only) and banks it rejected."""
+    """What a boot found: the bank it runs (``None``: bootloader only), banks it rejected
+    (failed verification) and banks whose image crashed at start (fault ``boot-fails``)."""
 
     active: int | None
     version: int | None
     rejected: tuple[int, ...] = ()
     switched: bool = False
+    crashed: tuple[int, ...] = ()
 
 
 @dataclass
@@ -389,25 +406,45 @@ class FlashMemory:
             reverse=True,
         )
         rejected: list[int] = []
+        crashed: list[int] = []
         chosen: int | None = None
         new = meta
         for index in candidates:
-            if self._verifies(index, meta.banks[index]):
+            record = meta.banks[index]
+            if not self._verifies(index, record):
+                rejected.append(index)
+                dtc = DTC_BOOT_VERIFICATION
+            elif self.faults is not None and self.faults.boot_fails(record.version):
+                # Started, crashed, watchdog reset: the bootloader gives up on that image.
+                crashed.append(index)
+                dtc = DTC_START_FAILED
+            else:
                 chosen = index
                 break
-            rejected.append(index)
             new = new.with_bank(index, replace(new.banks[index], state=BankState.INVALID))
-            new = new.with_dtc(DTC_BOOT_VERIFICATION)
+            new = new.with_dtc(dtc)
         new = replace(new, active=chosen)
         if new != meta:
             self._persist(new, CP_ACTIVE_SWITCH)
         version = None if chosen is None else new.banks[chosen].version
-        return BootReport(chosen, version, tuple(rejected), switched=chosen != meta.active)
+        return BootReport(
+            chosen,
+            version,
+            tuple(rejected),
+            switched=chosen != meta.active,
+            crashed=tuple(crashed),
+        )
 
     def erase(self, bank: int) -> None:
-        """Erase *bank* (never the active one): erasing, 0xFF + fsync, erased."""
+        """Erase *bank* (never the active one, nor the only valid one while the active bank is
+        invalidated): erasing, 0xFF + fsync, erased."""
         self._not_active(bank)
         meta = self.meta
+        running = meta.active_record
+        if running is not None and running.state is not BankState.VALID:
+            raise ValueError(
+                f"bank {meta.active} runs invalidated: bank {bank} is the one to boot next"
+            )
         self._persist(meta.with_bank(bank, BankRecord(state=BankState.ERASING)), CP_ERASE_BEGIN)
         if self.erase_time_s > 0:
             self.sleep(self.erase_time_s)
@@ -488,6 +525,29 @@ class FlashMemory:
                 new = new.with_dtc(DTC_CHECK_FAILED)
             self._persist(new, CP_CHECK_FAILED)
         return status
+
+    def invalidate(self, bank: int) -> bool:
+        """Mark valid *bank* invalid (a rollback) if the other bank holds a valid image of
+        another SHA-256 that verifies (hash and signature, as boot will check it); return
+        whether it did (False: nothing written, the flash would be left without a bootable
+        bank). *bank* may be the active one: the next boot picks the other. Already invalid:
+        True, nothing written."""
+        meta = self.meta
+        record = meta.banks[bank]
+        if record.state is BankState.INVALID:
+            return True
+        if record.state is not BankState.VALID:
+            raise ValueError(f"bank {bank} holds no valid image ({record})")
+        other = 1 - bank
+        fallback = meta.banks[other]
+        if (
+            fallback.state is not BankState.VALID
+            or fallback.sha256 == record.sha256
+            or not self._verifies(other, fallback)
+        ):
+            return False
+        self._persist(meta.with_bank(bank, replace(record, state=BankState.INVALID)), CP_INVALIDATE)
+        return True
 
     def write_fingerprint(self, fingerprint: bytes) -> None:
         """Persist a new fingerprint (16 bytes)."""

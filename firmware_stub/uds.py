@@ -3,10 +3,11 @@
 :meth:`UdsServer.handle` takes the volatile :class:`ServerState` (session, security, download in
 progress, timers), the request payload, the time and the persisted flash metadata, and returns a
 :class:`Decision`: the new state, the response bytes, and at most one persistence
-:class:`Effect` (erase, write a block, check, write the fingerprint, clear DTCs) that the driver
-(:mod:`firmware_stub.ecu`) performs *before* sending the response, so that an acknowledgement
-always means "persisted". Nothing here touches a file, a bus or a clock; requests and responses
-are built with udsoncan's ``Request``/``Response`` classes and its NRC constants.
+:class:`Effect` (erase, write a block, check, invalidate a bank, write the fingerprint, clear
+DTCs) that the driver (:mod:`firmware_stub.ecu`) performs *before* sending the response, so that
+an acknowledgement always means "persisted". Nothing here touches a file, a bus or a clock;
+requests and responses are built with udsoncan's ``Request``/``Response`` classes and its NRC
+constants.
 
 Negative responses follow the order of ISO 14229-1:2013 figure 5: service supported (0x11), in
 the active session (0x7F), service-level security (0x33, for RequestDownload, TransferData and
@@ -28,8 +29,8 @@ service                                sessions                     notes
 0x27 SecurityAccess                    extended, programming        level L (seed) / L+1 (key)
 0x28 CommunicationControl              extended, programming        00–03; type 1–3
 0x2E WriteDataByIdentifier             extended, programming        F184 fingerprint (security)
-0x31 RoutineControl                    extended, programming        start FF00 / FF01 in
-                                                                    programming (security)
+0x31 RoutineControl                    extended, programming        start FF00 / FF01 / FF02
+                                                                    in programming (security)
 0x34 RequestDownload                   programming (security)       address = offset in image
 0x36 TransferData                      programming (security)       counter 1…FF, 00, 01…
 0x37 RequestTransferExit               programming (security)
@@ -42,6 +43,16 @@ S3: a non-default session falls back to default after ``s3_s`` seconds without a
 session relocks security and drops a download in progress; re-entering the same one drops the
 download and keeps security. Failed key attempts and the lockout survive ECUReset (a reset is no
 way around the delay); a power cut loses them.
+
+Routines (profile: :class:`ota.ecu_flash.Routine`): FF00 erases the inactive bank, FF01 checks
+the complete download and answers its :class:`~ota.ecu_flash.CheckStatus`, FF02 (invalidate
+image, a rollback) takes the SHA-256 of an image (32 bytes, else 0x13) and answers an
+:class:`~ota.ecu_flash.InvalidateStatus`: the bank holding it valid becomes invalid (the effect
+re-verifies the other bank first and :meth:`UdsServer.complete` answers conditionsNotCorrect
+0x22 if it fails), already invalid or not held at all answers at once, and no valid image of
+another SHA-256 in the other bank is 0x22 at once: the ECU would have nothing to boot. While the
+running bank is invalidated (until the next reset) FF00 answers 0x22: the other bank is the only
+valid one. A download in progress makes FF00 and FF02 answer 0x22, FF01 0x24.
 
 A repeated TransferData with the counter of the last acknowledged block is acknowledged again
 without writing (its first response was lost); a RequestDownload repeated before any block keeps
@@ -77,12 +88,18 @@ from udsoncan.services.TesterPresent import TesterPresent
 from udsoncan.services.TransferData import TransferData
 from udsoncan.services.WriteDataByIdentifier import WriteDataByIdentifier
 
-from firmware_stub.flash import DTC_BOOT_VERIFICATION, DTC_CHECK_FAILED, FlashMeta
+from firmware_stub.flash import (
+    DTC_BOOT_VERIFICATION,
+    DTC_CHECK_FAILED,
+    DTC_START_FAILED,
+    FlashMeta,
+)
 from ota.ecu_flash import (
     DEFAULT_SECRET,
     DEFAULT_SECURITY_LEVEL,
     FINGERPRINT_LENGTH,
     HARDWARE_ID_LENGTH,
+    INVALIDATE_RECORD_LENGTH,
     KEY_LENGTH,
     SEED_LENGTH,
     VIN_LENGTH,
@@ -92,6 +109,7 @@ from ota.ecu_flash import (
     CheckStatus,
     Did,
     DownloadStatus,
+    InvalidateStatus,
     Routine,
     SeedKeyAlgorithm,
     compute_key,
@@ -106,6 +124,7 @@ __all__ = [
     "Download",
     "Effect",
     "EraseBank",
+    "InvalidateBank",
     "ServerConfig",
     "ServerState",
     "Session",
@@ -116,7 +135,7 @@ __all__ = [
 
 #: Status of a stored DTC: testFailed | confirmedDTC; also the availability mask.
 DTC_STATUS: Final = 0x09
-SUPPORTED_DTCS: Final = (DTC_CHECK_FAILED, DTC_BOOT_VERIFICATION)
+SUPPORTED_DTCS: Final = (DTC_CHECK_FAILED, DTC_BOOT_VERIFICATION, DTC_START_FAILED)
 _ALL_GROUPS: Final = 0xFFFFFF
 _DTC_FORMAT_ISO14229: Final = 0x01
 _SPRMIB: Final = 0x80
@@ -135,6 +154,9 @@ _ALL = frozenset(Session)
 _NON_DEFAULT = frozenset({Session.EXTENDED, Session.PROGRAMMING})
 _PROGRAMMING = frozenset({Session.PROGRAMMING})
 _DIAGNOSTIC = frozenset({Session.DEFAULT, Session.EXTENDED})
+_ROUTINES = frozenset(Routine)
+#: Bank states that hold (or held) a checked image with a version and a SHA-256.
+_HOLDING = frozenset({BankState.VALID, BankState.INVALID})
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +236,14 @@ class CheckBank:
 
 
 @dataclass(frozen=True, slots=True)
+class InvalidateBank:
+    """Mark valid *bank* invalid (a rollback) if the other bank still verifies (slow: it is read
+    back); the response is :meth:`UdsServer.complete`'s."""
+
+    bank: int
+
+
+@dataclass(frozen=True, slots=True)
 class WriteFingerprint:
     """Persist a new fingerprint."""
 
@@ -227,7 +257,7 @@ class ClearDtcs:
     code: int | None
 
 
-Effect = EraseBank | WriteBlock | CheckBank | WriteFingerprint | ClearDtcs
+Effect = EraseBank | WriteBlock | CheckBank | InvalidateBank | WriteFingerprint | ClearDtcs
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +266,8 @@ class Decision:
 
     Perform *effect* (if any; after answering NRC 0x78 first when *pending*), then send
     *response* (``None``: nothing, e.g. a suppressed positive response), then reset the ECU if
-    *reset*. For :class:`CheckBank` the response is :meth:`UdsServer.complete`'s.
+    *reset*. For :class:`CheckBank` and :class:`InvalidateBank` the response is
+    :meth:`UdsServer.complete`'s.
     """
 
     state: ServerState
@@ -383,13 +414,24 @@ class UdsServer:
             decision = replace(decision, state=replace(decision.state, last_request=now))
         return decision
 
-    def complete(self, decision: Decision, result: CheckStatus | None, now: float) -> Decision:
-        """The decision once its effect succeeded (*result*: the check's verdict); restarts S3."""
+    def complete(
+        self, decision: Decision, result: CheckStatus | bool | None, now: float
+    ) -> Decision:
+        """The decision once its effect succeeded (*result*: the check's verdict, or whether the
+        invalidation was done); restarts S3."""
         state = replace(decision.state, last_request=now)
         if isinstance(decision.effect, CheckBank):
-            assert result is not None
+            assert isinstance(result, CheckStatus)
             data = bytes((0x01, *Routine.CHECK_PROGRAMMING_DEPENDENCIES.to_bytes(2), result))
             return replace(decision, state=state, response=_positive(RoutineControl, data))
+        if isinstance(decision.effect, InvalidateBank):
+            if not result:  # the other bank does not verify: nothing would boot
+                response = _negative(RoutineControl, 0x31, Nrc.ConditionsNotCorrect)
+            else:
+                status = InvalidateStatus.INVALIDATED
+                data = bytes((0x01, *Routine.INVALIDATE_IMAGE.to_bytes(2), status))
+                response = _positive(RoutineControl, data)
+            return replace(decision, state=state, response=response)
         return replace(decision, state=state)
 
     def failed(self, decision: Decision, now: float) -> Decision:
@@ -557,8 +599,7 @@ class UdsServer:
             ).encode()
         if did == Did.BANKS:
             pair = tuple(
-                BankSummary(b.state, b.version if b.state is BankState.VALID else 0)
-                for b in flash.banks
+                BankSummary(b.state, b.version if b.state in _HOLDING else 0) for b in flash.banks
             )
             return BankSummary.encode_pair((pair[0], pair[1]))
         return None
@@ -585,17 +626,22 @@ class UdsServer:
         self._require(len(payload) >= 4, Nrc.IncorrectMessageLengthOrInvalidFormat)
         rid = int.from_bytes(payload[2:4])
         self._require(
-            rid in (Routine.ERASE_MEMORY, Routine.CHECK_PROGRAMMING_DEPENDENCIES)
-            and state.session is Session.PROGRAMMING,
-            Nrc.RequestOutOfRange,
+            rid in _ROUTINES and state.session is Session.PROGRAMMING, Nrc.RequestOutOfRange
         )
         self._require(state.unlocked, Nrc.SecurityAccessDenied)
         record = payload[4:]
         target = flash.target
+        if rid == Routine.INVALIDATE_IMAGE:
+            return self._invalidate(state, record, flash)
         if rid == Routine.ERASE_MEMORY:
             if record:
                 self._check_erase_record(record, flash)
             self._require(state.download is None, Nrc.ConditionsNotCorrect)
+            running = flash.active_record
+            # A running bank invalidated by a rollback: the target is the only valid bank.
+            self._require(
+                running is None or running.state is BankState.VALID, Nrc.ConditionsNotCorrect
+            )
             data = bytes((0x01, *payload[2:4], CheckStatus.OK))
             return Decision(
                 state,
@@ -618,6 +664,28 @@ class UdsServer:
             effect=CheckBank(target, record_dtc=state.dtc_setting_on),
             pending=True,
         )
+
+    def _invalidate(self, state: ServerState, record: bytes, flash: FlashMeta) -> Decision:
+        """RoutineControl start FF02: give up the image whose SHA-256 is *record* (a rollback)."""
+        self._require(
+            len(record) == INVALIDATE_RECORD_LENGTH, Nrc.IncorrectMessageLengthOrInvalidFormat
+        )
+        self._require(state.download is None, Nrc.ConditionsNotCorrect)
+        holding = [
+            i for i, b in enumerate(flash.banks) if b.state in _HOLDING and b.sha256 == record
+        ]
+        valid = [i for i in holding if flash.banks[i].state is BankState.VALID]
+        if not valid:
+            status = InvalidateStatus.INVALIDATED if holding else InvalidateStatus.NOT_HELD
+            data = bytes((0x01, *Routine.INVALIDATE_IMAGE.to_bytes(2), status))
+            return Decision(state, _positive(RoutineControl, data))
+        bank = valid[0]
+        fallback = flash.banks[1 - bank]
+        self._require(
+            fallback.state is BankState.VALID and fallback.sha256 != record,
+            Nrc.ConditionsNotCorrect,
+        )
+        return Decision(state, None, effect=InvalidateBank(bank), pending=True)
 
     def _check_erase_record(self, record: bytes, flash: FlashMeta) -> None:
         # addressAndLengthFormatIdentifier, memoryAddress, memorySize (ISO 14229-1 Annex F):

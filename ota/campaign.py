@@ -29,9 +29,37 @@ durable upload queue, then persists the campaign with an empty outbox (:func:`se
 crash, an outbox that is still full is queued again — at least once, and with the same sequence
 numbers (:func:`stamp` numbers them before the first save), so a backend drops a repeat as a
 duplicate. Events carry a *lane* (``target``): ``"host"`` for the T-box's own image, the ECU's id
-for ECU firmware. ECU images are out of this agent's reach (issue 5): each one the plan holds
-gets one FAILED event with :attr:`ErrorCode.UNSUPPORTED_IMAGE_KIND` in its own lane, and the
-host lane goes on without it.
+for ECU firmware.
+
+**ECU lanes: all or nothing.** A campaign also updates the ECUs behind the T-box (ADR 0012). Each
+ECU image of the plan is an :class:`EcuLane` with its own :class:`LanePhase`, advanced inside the
+campaign's steps::
+
+    PLANNED ─▶ DOWNLOADED ─▶ STAGING ─▶ STAGED ─▶ ACTIVATED ─▶ COMMITTED
+                     │          │          │           │
+                     │          └──────────┴───────────┴──▶ ROLLED_BACK | ROLLBACK_FAILED
+                     └──▶ UNCHANGED (the ECU ran it)        (FAILED first, for the ECU at fault)
+
+* **downloading**: every ECU image is downloaded (:class:`EcuDownloaded`), then the T-box's;
+* **verifying**: each download is hashed again; one that is not its target fails the campaign;
+* **installing**: each ECU *stages* its image (:class:`EcuStaging` is persisted first, then
+  :class:`EcuStaged`: flashed into its inactive bank and checked by the ECU, not booted), then the
+  T-box image is installed into its free slot. An ECU found running the image before
+  :class:`EcuStaging` is UNCHANGED; after it, the image is the campaign's (a power cut may have
+  booted it early) and is rolled back like any staged one;
+* **activating**: each ECU is reset into its new image (:class:`EcuActivated`), then the T-box
+  boots its slot and runs its health check; the T-box commit is the campaign's commit.
+
+The first failure of an ECU (:class:`EcuFailed`) or of the T-box (:class:`Abandon`) records the
+campaign's :attr:`Campaign.abort`; from then on :func:`lane_action` only returns rollbacks, last
+lane first: every staged or activated ECU returns to its previous image
+(:class:`EcuRolledBack`), and only then does the campaign end FAILED (before activation) or
+ROLLED_BACK (during it) with the abort's code and reason. :func:`transition` refuses to end a
+campaign while a lane is staged, activated or failed and not rolled back, so no ended campaign
+leaves an ECU with a pending image: a crash anywhere resumes the sweep. An ECU that cannot be
+rolled back (it no longer answers) ends ROLLBACK_FAILED, reported in its lane with the reason.
+ECU images for an ECU without a flashing address in ``[ota.ecus]`` fail the campaign before
+anything is downloaded (:attr:`ErrorCode.UNSUPPORTED_IMAGE_KIND`).
 
 **The campaign command** (``cmd/ota``) body is a JSON object (:func:`parse_request`)::
 
@@ -46,12 +74,13 @@ field. The correlation id defaults to the command's id.
 
 **The state file** is JSON (``format`` 1), one campaign — the running one, or the last one::
 
-    {"format": 1, "campaign_id": "rollout-2026-12", "correlation_id": "req-4711",
+    {"format": 2, "campaign_id": "rollout-2026-12", "correlation_id": "req-4711",
      "step": "downloading",
      "requested": null | ["tbox/rootfs-12.img"],
      "deadline": null | "2026-12-31T23:00:00+00:00",
      "target": null | TARGET,              # the T-box image being installed
-     "skipped": [TARGET, …],               # ECU images reported unsupported
+     "ecus": [{"target": TARGET, "phase": "staged", "download": null | "/…/bms-8.img"}, …],
+     "abort": null | {"code": "ecu_refused", "reason": "…"},   # rolling back every lane
      "download": null | "/var/lib/…/rootfs-12.img",  # the verified download (verifying…activating)
      "install_attempts": 1,                # counted before each install call (crash loops end)
      "error_code": "" | "stalled" | …, "detail": "campaign …: …",
@@ -59,7 +88,9 @@ field. The correlation id defaults to the command's id.
 
 where ``TARGET`` is ``{"name", "sha256", "length", "release_counter", "image_kind", "ecu_id"}``
 and ``EVENT`` is ``{"sequence", "state", "time_us", "target", "detail", "error_code",
-"bytes_done", "bytes_total"}``. :func:`parse_campaign` accepts any bytes and returns a campaign
+"bytes_done", "bytes_total"}``. :func:`parse_campaign` also reads format 1 (before ECU lanes:
+its ``skipped`` ECU images were reported failed already and are dropped); it accepts any bytes
+and returns a campaign
 that satisfies every invariant of :func:`campaign_problem`, or raises
 :class:`~ota.errors.CampaignStateError` naming the file and the key.
 """
@@ -69,7 +100,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final, NoReturn, Protocol
@@ -101,6 +132,8 @@ __all__ = [
     "HOST",
     "MAX_BODY_BYTES",
     "MAX_INSTALL_ATTEMPTS",
+    "Abort",
+    "ActivateEcu",
     "AlreadyInstalled",
     "Boot",
     "Campaign",
@@ -109,15 +142,25 @@ __all__ = [
     "Commit",
     "CommitDone",
     "DownloadDone",
+    "EcuActivated",
+    "EcuDownloaded",
+    "EcuFailed",
+    "EcuLane",
+    "EcuRolledBack",
+    "EcuStaged",
+    "EcuStaging",
     "ErrorCode",
     "Event",
     "Failed",
     "Install",
     "InstallDone",
     "InstallRetried",
+    "LanePhase",
     "PlanChosen",
     "PlannedTarget",
+    "RollBackEcu",
     "RolledBack",
+    "StageEcu",
     "StatusEvent",
     "Step",
     "TargetRef",
@@ -131,6 +174,7 @@ __all__ = [
     "find_target",
     "format_deadline",
     "install_decision",
+    "lane_action",
     "leftover_rollback",
     "own_reason",
     "parse_campaign",
@@ -144,7 +188,8 @@ __all__ = [
     "verify_decision",
 ]
 
-FORMAT: Final = 1
+FORMAT: Final = 2
+_FORMATS: Final = (1, 2)  # format 1: before ECU lanes (a campaign may span an agent update)
 #: The lane of the T-box's own software in :attr:`StatusEvent.target` (ota.proto's "host").
 HOST: Final = "host"
 #: Largest ``cmd/ota`` body accepted (the command's own size limit applies first).
@@ -196,7 +241,7 @@ class ErrorCode(StrEnum):
     VERIFICATION_FAILED = "verification_failed"  # metadata or an image did not verify
     NOTHING_ASSIGNED = "nothing_assigned"  # the director assigns nothing to this vehicle
     NOT_ASSIGNED = "not_assigned"  # a target the campaign names is not assigned
-    UNSUPPORTED_IMAGE_KIND = "unsupported_image_kind"  # ECU firmware (not flashed by this agent)
+    UNSUPPORTED_IMAGE_KIND = "unsupported_image_kind"  # ECU firmware for an ECU not in [ota.ecus]
     AMBIGUOUS_PLAN = "ambiguous_plan"  # more than one T-box image to install
     PLAN_CHANGED = "plan_changed"  # on resuming, the assignment is no longer the same image
     DOWNLOAD_FAILED = "download_failed"  # network, server, byte limit, throughput floor
@@ -213,6 +258,10 @@ class ErrorCode(StrEnum):
     DEADLINE_PASSED = "deadline_passed"  # the campaign's deadline came before its activation
     INSTALLER_UNAVAILABLE = "installer_unavailable"  # the slot state is unreadable or unbootable
     INTERNAL_ERROR = "internal_error"  # a fault of the agent itself
+    ECU_REFUSED = "ecu_refused"  # an ECU refused its image (check, hardware id, version, key)
+    ECU_UNREACHABLE = "ecu_unreachable"  # an ECU stopped answering (after every retry)
+    ECU_ACTIVATION_FAILED = "ecu_activation_failed"  # after its reset, an ECU ran another image
+    ROLLBACK_FAILED = "rollback_failed"  # an ECU could not be returned to its previous image
 
 
 # --- the campaign command ----------------------------------------------------------------------
@@ -466,6 +515,52 @@ class StatusEvent:
     sequence: int = 0
 
 
+class LanePhase(StrEnum):
+    """Where one ECU's image is (see the module's docstring)."""
+
+    PLANNED = "planned"
+    DOWNLOADED = "downloaded"
+    STAGING = "staging"  # being flashed: the ECU may hold it (and boot it after a power cut)
+    STAGED = "staged"  # in the ECU's inactive bank, checked by the ECU, not booted
+    UNCHANGED = "unchanged"  # the ECU ran this image before the campaign: nothing to do or undo
+    ACTIVATED = "activated"  # the ECU runs it
+    COMMITTED = "committed"
+    FAILED = "failed"  # the ECU where the campaign failed; rolled back like the others next
+    ROLLED_BACK = "rolled_back"  # the ECU runs its previous image; the campaign's is invalidated
+    ROLLBACK_FAILED = "rollback_failed"  # the ECU could not be returned (reported, not retried)
+
+
+#: Lanes whose ECU may hold (or run) the campaign's image: rolled back before a campaign ends.
+PENDING_PHASES: Final = frozenset(
+    {LanePhase.STAGING, LanePhase.STAGED, LanePhase.ACTIVATED, LanePhase.FAILED}
+)
+_SETTLED_FOR_ACTIVATION: Final = frozenset({LanePhase.STAGED, LanePhase.UNCHANGED})
+_SETTLED_FOR_COMMIT: Final = frozenset({LanePhase.ACTIVATED, LanePhase.UNCHANGED})
+_SETTLED_AFTER_COMMIT: Final = frozenset({LanePhase.COMMITTED, LanePhase.UNCHANGED})
+
+
+@dataclass(frozen=True, slots=True)
+class EcuLane:
+    """One ECU image of a campaign: its target, its phase and its verified download."""
+
+    target: TargetRef
+    phase: LanePhase = LanePhase.PLANNED
+    download: str | None = None
+
+    @property
+    def ecu_id(self) -> str:
+        """The ECU's id (its lane in status events)."""
+        return self.target.lane
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Why a campaign is rolling every lane back; its final error code and reason."""
+
+    code: ErrorCode
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
     """Everything the state file holds (see the module's docstring for the fields)."""
@@ -476,12 +571,13 @@ class Campaign:
     requested: tuple[str, ...] | None = None
     deadline: int | None = None
     target: TargetRef | None = None
-    skipped: tuple[TargetRef, ...] = ()
+    ecus: tuple[EcuLane, ...] = ()
     download: str | None = None
     install_attempts: int = 0
     error_code: str = ""
     detail: str = ""
     outbox: tuple[StatusEvent, ...] = ()
+    abort: Abort | None = None
 
     @property
     def final(self) -> bool:
@@ -492,6 +588,17 @@ class Campaign:
         """``campaign rollout-7 (installing)`` — for messages."""
         return f"campaign {self.campaign_id} ({self.step})"
 
+    def lane(self, ecu_id: str) -> EcuLane:
+        """The lane of *ecu_id*; :class:`~ota.errors.CampaignSequenceError` if there is none."""
+        for lane in self.ecus:
+            if lane.ecu_id == ecu_id:
+                return lane
+        raise CampaignSequenceError(f"{self.describe()} updates no ECU {ecu_id!r}")
+
+    def report(self) -> str:
+        """What happened on each ECU, for the final detail: ``bms rolled_back, vcu failed``."""
+        return ", ".join(f"{lane.ecu_id} {lane.phase}" for lane in self.ecus)
+
 
 # Events: what happened. The driver learns them from the update client and the installer.
 
@@ -501,14 +608,64 @@ class PlanChosen:
     """The plan's T-box image to install (``None``: only ECU images) and the ECU images."""
 
     target: TargetRef | None
-    skipped: tuple[TargetRef, ...] = ()
+    ecus: tuple[TargetRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EcuDownloaded:
+    """The update client returned the verified download of *ecu_id*'s image at *path*."""
+
+    ecu_id: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class EcuStaging:
+    """*ecu_id* is about to be flashed: from now on it may hold the campaign's image."""
+
+    ecu_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EcuStaged:
+    """*ecu_id* holds its image in its inactive bank, checked (after :class:`EcuStaging`), or
+    ran it before the campaign touched it: *unchanged* (instead of :class:`EcuStaging`)."""
+
+    ecu_id: str
+    unchanged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EcuActivated:
+    """*ecu_id* was reset and runs its image."""
+
+    ecu_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EcuFailed:
+    """Staging or activating *ecu_id* failed; every lane is rolled back next."""
+
+    ecu_id: str
+    code: ErrorCode
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EcuRolledBack:
+    """*ecu_id* runs its previous image again (*ok*), or could not be returned (*detail* why)."""
+
+    ecu_id: str
+    ok: bool
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class DownloadDone:
-    """The update client returned the verified download at *path*."""
+    """The update client returned the verified download at *path* (``None``: the campaign has
+    no T-box image; its ECU images are downloaded)."""
 
-    path: str
+    path: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +711,12 @@ class Failed:
 
 Event = (
     PlanChosen
+    | EcuDownloaded
+    | EcuStaging
+    | EcuStaged
+    | EcuActivated
+    | EcuFailed
+    | EcuRolledBack
     | DownloadDone
     | VerifyPassed
     | AlreadyInstalled
@@ -588,6 +751,27 @@ class Commit:
     """Commit the healthy update (``AbInstaller.commit``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StageEcu:
+    """Flash the lane's image into its ECU's inactive bank and have it checked; no reset."""
+
+    lane: EcuLane
+
+
+@dataclass(frozen=True, slots=True)
+class ActivateEcu:
+    """Reset the lane's ECU into its staged image and verify it runs it."""
+
+    lane: EcuLane
+
+
+@dataclass(frozen=True, slots=True)
+class RollBackEcu:
+    """Invalidate the lane's image in its ECU and reset it into its previous image."""
+
+    lane: EcuLane
+
+
 def accept(request: CampaignRequest, *, command_id: str, now_us: int) -> Campaign:
     """The campaign *request* asks for, RECEIVED; its correlation id defaults to *command_id*."""
     correlation = request.correlation_id or command_id
@@ -614,7 +798,9 @@ def transition(campaign: Campaign, event: Event, *, now_us: int) -> Campaign:
 
     Raises :class:`~ota.errors.CampaignSequenceError` (and changes nothing) when *event* does
     not fit the campaign's step: a final campaign takes no event; FAILED is for steps before
-    activation and ROLLED_BACK for activation only.
+    activation and ROLLED_BACK for activation only. While an ECU lane may hold the campaign's
+    image, FAILED and ROLLED_BACK only record the campaign's :class:`Abort` (the lanes are rolled
+    back first, see :func:`lane_action`); applied again once none does, they end it.
     """
     c = campaign
     if c.final:
@@ -625,38 +811,72 @@ def transition(campaign: Campaign, event: Event, *, now_us: int) -> Campaign:
                 _refuse(c, event, "an activated update is rolled back, not failed")
             return _end(c, Step.FAILED, code, reason, now_us)
         case RolledBack(code, reason):
-            _require(c, event, Step.ACTIVATING)
+            if c.step is not Step.ACTIVATING:
+                _refuse(c, event, "it is for step activating")
             return _end(c, Step.ROLLED_BACK, code, reason, now_us)
-        case PlanChosen(target, skipped):
+        case PlanChosen(target, ecus):
             if c.step is not Step.RECEIVED:
                 _refuse(c, event, "it is for step received")
             if target is not None and target.image_kind is not ImageKind.TBOX:
                 _refuse(c, event, f"{target.name} is not a T-box image")
-            if any(t.image_kind is not ImageKind.ECU for t in skipped):
-                _refuse(c, event, "only ECU images are skipped")
-            c = replace(c, skipped=skipped)
-            lanes = tuple(_unsupported(c, t, now_us) for t in skipped)
-            if target is None:
-                names = ", ".join(t.name for t in skipped) or "nothing"
-                reason = (
-                    f"the plan holds no T-box image, only ECU firmware ({names}), which this "
-                    "agent does not flash"
+            if any(t.image_kind is not ImageKind.ECU for t in ecus):
+                _refuse(c, event, "ECU lanes hold ECU images only")
+            if len({t.lane for t in ecus}) != len(ecus):
+                _refuse(c, event, "two images for one ECU")
+            if target is None and not ecus:
+                _refuse(c, event, "the plan holds nothing to install")
+            lanes = tuple(EcuLane(t) for t in ecus)
+            what = ", ".join(t.describe() for t in (*ecus, *([target] if target else [])))
+            detail = f"campaign {c.campaign_id}: downloading {what}"
+            c = replace(c, step=Step.DOWNLOADING, target=target, ecus=lanes, detail=detail)
+            started = [
+                StatusEvent(
+                    Step.DOWNLOADING,
+                    now_us,
+                    f"campaign {c.campaign_id}: downloading {t.describe()} for ECU {t.lane}",
+                    target=t.lane,
+                    bytes_total=t.length,
                 )
-                code = ErrorCode.UNSUPPORTED_IMAGE_KIND
-                return _end(_emit(c, *lanes), Step.FAILED, code, reason, now_us)
-            detail = f"campaign {c.campaign_id}: downloading {target.describe()}"
-            c = replace(c, step=Step.DOWNLOADING, target=target, detail=detail)
-            started = StatusEvent(Step.DOWNLOADING, now_us, detail, bytes_total=target.length)
-            return _emit(c, *lanes, started)
-        case DownloadDone(path):
-            target = _require(c, event, Step.DOWNLOADING)
+                for t in ecus
+            ]
+            # the step in the host lane last, as every step (its bytes: the T-box image's)
+            host_bytes = 0 if target is None else target.length
+            started.append(StatusEvent(Step.DOWNLOADING, now_us, detail, bytes_total=host_bytes))
+            return _emit(c, *started)
+        case EcuDownloaded(ecu_id, path):
+            lane = _lane(c, event, ecu_id, Step.DOWNLOADING, LanePhase.PLANNED)
             if not path:
                 _refuse(c, event, "the download has no path")
-            detail = f"campaign {c.campaign_id}: verifying {target.name}: length and sha256"
+            t = lane.target
+            detail = f"campaign {c.campaign_id}: downloaded {t.describe()} for ECU {ecu_id}"
+            new = replace(lane, phase=LanePhase.DOWNLOADED, download=path)
+            done = StatusEvent(
+                Step.DOWNLOADING,
+                now_us,
+                detail,
+                target=ecu_id,
+                bytes_done=t.length,
+                bytes_total=t.length,
+            )
+            return _emit(_with_lane(c, new), done)
+        case DownloadDone(path):
+            if c.step is not Step.DOWNLOADING:
+                _refuse(c, event, "it is for step downloading")
+            if any(lane.phase is not LanePhase.DOWNLOADED for lane in c.ecus):
+                _refuse(c, event, "an ECU image is not downloaded yet")
+            if (c.target is None) != (path is None) or path == "":
+                _refuse(c, event, "a T-box image has a download path, and only a T-box image")
+            what = ", ".join(_names(c)) or "nothing"
+            detail = f"campaign {c.campaign_id}: verifying {what}: length and sha256"
             return _step(c, Step.VERIFYING, detail, now_us, download=path)
         case VerifyPassed():
-            target = _require(c, event, Step.VERIFYING)
-            detail = f"campaign {c.campaign_id}: installing {target.describe()} into the free slot"
+            _require_step(c, event, Step.VERIFYING)
+            parts: list[str] = []
+            if c.ecus:
+                parts.append(f"staging {', '.join(lane.ecu_id for lane in c.ecus)}")
+            if c.target is not None:
+                parts.append(f"installing {c.target.describe()} into the free slot")
+            detail = f"campaign {c.campaign_id}: {' and '.join(parts)}"
             return _step(c, Step.INSTALLING, detail, now_us, install_attempts=1)
         case AlreadyInstalled():
             target = _require(c, event, Step.VERIFYING, Step.INSTALLING)
@@ -664,7 +884,15 @@ def transition(campaign: Campaign, event: Event, *, now_us: int) -> Campaign:
                 f"campaign {c.campaign_id}: {target.describe()} is already the committed "
                 "software; nothing to install"
             )
-            return _step(c, Step.COMMITTED, detail, now_us, download=None)
+            if not c.ecus:
+                return _step(c, Step.COMMITTED, detail, now_us, download=None)
+            # The ECUs still have their images to take: the T-box leaves the campaign, so that
+            # rolling the ECUs back never touches the software it already ran.
+            host = StatusEvent(Step.COMMITTED, now_us, detail)
+            c = _emit(replace(c, target=None, download=None, detail=detail), host)
+            if c.step is Step.VERIFYING:
+                return transition(c, VerifyPassed(), now_us=now_us)
+            return c
         case InstallRetried():
             target = _require(c, event, Step.INSTALLING)
             if c.install_attempts >= MAX_INSTALL_ATTEMPTS:
@@ -679,26 +907,162 @@ def transition(campaign: Campaign, event: Event, *, now_us: int) -> Campaign:
                 f"{attempt} of {MAX_INSTALL_ATTEMPTS}): the previous attempt was interrupted"
             )
             return _step(c, Step.INSTALLING, detail, now_us, install_attempts=attempt)
-        case InstallDone():
-            target = _require(c, event, Step.INSTALLING)
+        case EcuStaging(ecu_id):
+            lane = _lane(c, event, ecu_id, Step.INSTALLING, LanePhase.DOWNLOADED)
             detail = (
-                f"campaign {c.campaign_id}: activating {target.name}: booting it and running "
-                "its health check"
+                f"campaign {c.campaign_id}: flashing {lane.target.describe()} into the inactive "
+                f"bank of ECU {ecu_id}"
             )
+            staging = StatusEvent(Step.INSTALLING, now_us, detail, target=ecu_id)
+            return _emit(_with_lane(c, replace(lane, phase=LanePhase.STAGING)), staging)
+        case EcuStaged(ecu_id, unchanged):
+            # Only an ECU the campaign has not flashed can have run the image before it: after
+            # a power cut while staging, the ECU may boot the staged image, which is then ours.
+            before = LanePhase.DOWNLOADED if unchanged else LanePhase.STAGING
+            lane = _lane(c, event, ecu_id, Step.INSTALLING, before)
+            t = lane.target
+            if unchanged:
+                phase = LanePhase.UNCHANGED
+                detail = f"campaign {c.campaign_id}: ECU {ecu_id} already runs {t.describe()}"
+            else:
+                phase = LanePhase.STAGED
+                detail = (
+                    f"campaign {c.campaign_id}: ECU {ecu_id} holds {t.describe()} in its "
+                    "inactive bank, checked by the ECU; it boots it at activation"
+                )
+            done = StatusEvent(Step.INSTALLING, now_us, detail, target=ecu_id)
+            return _emit(_with_lane(c, replace(lane, phase=phase)), done)
+        case InstallDone():
+            _require_step(c, event, Step.INSTALLING)
+            if any(lane.phase not in _SETTLED_FOR_ACTIVATION for lane in c.ecus):
+                _refuse(c, event, "an ECU has not staged its image")
+            detail = f"campaign {c.campaign_id}: activating {', '.join(_names(c))}"
+            if c.target is not None:
+                detail += f"; booting {c.target.name} and running its health check"
             return _step(c, Step.ACTIVATING, detail, now_us)
+        case EcuActivated(ecu_id):
+            lane = _lane(c, event, ecu_id, Step.ACTIVATING, LanePhase.STAGED)
+            detail = (
+                f"campaign {c.campaign_id}: ECU {ecu_id} was reset and runs "
+                f"{lane.target.describe()}"
+            )
+            done = StatusEvent(Step.ACTIVATING, now_us, detail, target=ecu_id)
+            return _emit(_with_lane(c, replace(lane, phase=LanePhase.ACTIVATED)), done)
+        case EcuFailed(ecu_id, code, reason):
+            lane = _lane(
+                c, event, ecu_id, None, LanePhase.DOWNLOADED, LanePhase.STAGING, LanePhase.STAGED
+            )
+            if c.step not in {Step.INSTALLING, Step.ACTIVATING}:
+                _refuse(c, event, "it is for step installing or activating")
+            text = f"ECU {ecu_id}: {reason}"
+            detail = f"campaign {c.campaign_id}: {text}; every ECU of the campaign is rolled back"
+            failed = StatusEvent(Step.FAILED, now_us, detail, str(code), ecu_id)
+            c = _with_lane(c, replace(lane, phase=LanePhase.FAILED))
+            if c.abort is None:
+                c = replace(c, abort=Abort(code, text))
+            return _emit(replace(c, detail=detail), failed)
+        case EcuRolledBack(ecu_id, ok, why):
+            lane = _lane(c, event, ecu_id, None, *PENDING_PHASES)
+            if c.abort is None:
+                _refuse(c, event, "nothing asked for a rollback")
+            t = lane.target
+            if ok:
+                phase = LanePhase.ROLLED_BACK
+                detail = (
+                    f"campaign {c.campaign_id}: ECU {ecu_id} runs its previous image again; "
+                    f"{t.name} is invalidated"
+                )
+                lane_code = str(c.abort.code)
+            else:
+                phase = LanePhase.ROLLBACK_FAILED
+                detail = (
+                    f"campaign {c.campaign_id}: ECU {ecu_id} could not be returned to its "
+                    f"previous image: {why}"
+                )
+                lane_code = str(ErrorCode.ROLLBACK_FAILED)
+            back = StatusEvent(Step.ROLLED_BACK, now_us, detail, lane_code, ecu_id)
+            return _emit(_with_lane(c, replace(lane, phase=phase)), back)
         case CommitDone():
-            target = _require(c, event, Step.ACTIVATING)
-            detail = f"campaign {c.campaign_id}: {target.describe()} is committed"
+            _require_step(c, event, Step.ACTIVATING)
+            if c.abort is not None:
+                _refuse(c, event, f"the campaign is rolling back ({c.abort.reason})")
+            if any(lane.phase not in _SETTLED_FOR_COMMIT for lane in c.ecus):
+                _refuse(c, event, "an ECU does not run its image")
+            events = [
+                StatusEvent(
+                    Step.COMMITTED,
+                    now_us,
+                    f"campaign {c.campaign_id}: ECU {lane.ecu_id} runs "
+                    f"{lane.target.describe()}, committed",
+                    target=lane.ecu_id,
+                )
+                for lane in c.ecus
+                if lane.phase is LanePhase.ACTIVATED
+            ]
+            lanes = tuple(
+                replace(lane, phase=LanePhase.COMMITTED)
+                if lane.phase is LanePhase.ACTIVATED
+                else lane
+                for lane in c.ecus
+            )
+            installed = [lane.target for lane in c.ecus] + ([c.target] if c.target else [])
+            what = ", ".join(t.describe() for t in installed)
+            verb = "is" if len(installed) == 1 else "are"
+            detail = f"campaign {c.campaign_id}: {what} {verb} committed"
+            c = _emit(replace(c, ecus=lanes), *events)
             return _step(c, Step.COMMITTED, detail, now_us, download=None)
     raise CampaignSequenceError(f"{c.describe()}: unknown event {event!r}")  # pragma: no cover
 
 
-def _unsupported(c: Campaign, t: TargetRef, now_us: int) -> StatusEvent:
-    detail = (
-        f"campaign {c.campaign_id}: {t.describe()} is firmware for ECU {t.lane}; this agent "
-        "does not flash ECUs yet, so it is not installed"
-    )
-    return StatusEvent(Step.FAILED, now_us, detail, ErrorCode.UNSUPPORTED_IMAGE_KIND, t.lane)
+def _names(c: Campaign) -> list[str]:
+    names = [lane.target.name for lane in c.ecus]
+    if c.target is not None:
+        names.append(c.target.name)
+    return names
+
+
+def _lane(c: Campaign, event: Event, ecu_id: str, step: Step | None, *phases: LanePhase) -> EcuLane:
+    """The lane of *ecu_id*, if *event* fits the campaign's *step* and the lane's phase."""
+    if step is not None and c.step is not step:
+        _refuse(c, event, f"it is for step {step}")
+    try:
+        lane = c.lane(ecu_id)
+    except CampaignSequenceError:
+        _refuse(c, event, f"the campaign updates no ECU {ecu_id!r}")
+    if lane.phase not in phases:
+        _refuse(c, event, f"ECU {ecu_id} is {lane.phase}, not {' or '.join(phases)}")
+    return lane
+
+
+def _with_lane(c: Campaign, new: EcuLane) -> Campaign:
+    lanes = tuple(new if lane.ecu_id == new.ecu_id else lane for lane in c.ecus)
+    return replace(c, ecus=lanes)
+
+
+def lane_action(c: Campaign) -> StageEcu | ActivateEcu | RollBackEcu | None:
+    """The next ECU action of *c*, or ``None`` when its lanes wait for nothing.
+
+    A campaign with an :attr:`~Campaign.abort` rolls its lanes back, last first; otherwise it
+    stages every lane while installing and activates every lane while activating, in order.
+    """
+    if c.final:
+        return None
+    if c.abort is not None:
+        for lane in reversed(c.ecus):
+            if lane.phase in PENDING_PHASES:
+                return RollBackEcu(lane)
+        return None
+    for lane in c.ecus:
+        if c.step is Step.INSTALLING and lane.phase in {LanePhase.DOWNLOADED, LanePhase.STAGING}:
+            return StageEcu(lane)
+        if c.step is Step.ACTIVATING and lane.phase is LanePhase.STAGED:
+            return ActivateEcu(lane)
+    return None
+
+
+def _require_step(c: Campaign, event: Event, step: Step) -> None:
+    if c.step is not step:
+        _refuse(c, event, f"it is for step {step}")
 
 
 def _require(c: Campaign, event: Event, *steps: Step) -> TargetRef:
@@ -720,7 +1084,18 @@ def _step(c: Campaign, step: Step, detail: str, now_us: int, **changes: Any) -> 
 
 
 def _end(c: Campaign, step: Step, code: ErrorCode, reason: str, now_us: int) -> Campaign:
+    if any(lane.phase in PENDING_PHASES for lane in c.ecus):
+        # Not yet: the lanes are rolled back first, then the campaign ends with its abort.
+        if c.abort is not None:
+            return c
+        reason = reason or str(code)
+        detail = f"campaign {c.campaign_id}: rolling back every ECU: {reason}"
+        return replace(c, abort=Abort(code, reason), detail=detail)
+    if c.abort is not None:
+        code, reason = c.abort.code, c.abort.reason
     detail = f"campaign {c.campaign_id}: {step.replace('_', ' ')} in step {c.step}: {reason}"
+    if c.ecus:
+        detail += f" (ECUs: {c.report()})"
     c = replace(c, step=step, error_code=str(code), detail=detail, download=None)
     return _emit(c, StatusEvent(step, now_us, detail, str(code)))
 
@@ -744,9 +1119,12 @@ def sent(campaign: Campaign) -> Campaign:
     return replace(campaign, outbox=())
 
 
-def progress_event(campaign: Campaign, done: int, total: int, *, now_us: int) -> StatusEvent:
-    """A DOWNLOADING event with the bytes received so far (not a transition: not persisted)."""
-    target = campaign.target
+def progress_event(
+    campaign: Campaign, done: int, total: int, *, now_us: int, target: TargetRef | None = None
+) -> StatusEvent:
+    """A DOWNLOADING event with the bytes of *target* (default: the T-box image) received so
+    far, in its lane (not a transition: not persisted)."""
+    target = target or campaign.target
     if campaign.step is not Step.DOWNLOADING or target is None:
         raise CampaignSequenceError(f"{campaign.describe()}: download progress outside downloading")
     total = max(0, total) or target.length
@@ -756,7 +1134,9 @@ def progress_event(campaign: Campaign, done: int, total: int, *, now_us: int) ->
         f"campaign {campaign.campaign_id}: downloading {target.name}: {percent}% "
         f"({done} of {total} bytes)"
     )
-    return StatusEvent(Step.DOWNLOADING, now_us, detail, bytes_done=done, bytes_total=total)
+    return StatusEvent(
+        Step.DOWNLOADING, now_us, detail, target=target.lane, bytes_done=done, bytes_total=total
+    )
 
 
 def status_message(campaign: Campaign, event: StatusEvent, *, vehicle_id: str) -> OtaStatus:
@@ -780,8 +1160,11 @@ def status_message(campaign: Campaign, event: StatusEvent, *, vehicle_id: str) -
 # --- decisions ---------------------------------------------------------------------------------
 
 
-def choose_targets(campaign: Campaign, plan: Sequence[TargetRef]) -> PlanChosen | Failed:
-    """What the campaign installs out of the update client's verified *plan*."""
+def choose_targets(
+    campaign: Campaign, plan: Sequence[TargetRef], flashable: Collection[str] = ()
+) -> PlanChosen | Failed:
+    """What the campaign installs out of the update client's verified *plan*; *flashable* are
+    the ECUs this agent can flash (all or nothing: an image for another ECU fails the plan)."""
     names = [t.name for t in plan]
     assigned = ", ".join(names) or "nothing"
     if campaign.requested is None:
@@ -804,12 +1187,31 @@ def choose_targets(campaign: Campaign, plan: Sequence[TargetRef]) -> PlanChosen 
             "a campaign installs one: name it in targets",
         )
     ecus = tuple(t for t in wanted if t.image_kind is ImageKind.ECU)
+    unknown = [t for t in ecus if t.lane not in flashable]
+    if unknown:
+        which = ", ".join(f"{t.name} (ECU {t.lane})" for t in unknown)
+        known = ", ".join(sorted(flashable)) or "none"
+        return Failed(
+            ErrorCode.UNSUPPORTED_IMAGE_KIND,
+            f"{which}: no flashing address for this ECU in [ota.ecus] (ECUs this agent flashes: "
+            f"{known}); name the other targets in the campaign's targets to leave it out",
+        )
+    lanes = [t.lane for t in ecus]
+    twice = sorted({lane for lane in lanes if lanes.count(lane) > 1})
+    if twice:
+        return Failed(
+            ErrorCode.AMBIGUOUS_PLAN,
+            f"more than one image is assigned to ECU {', '.join(twice)}; name one in targets",
+        )
     return PlanChosen(hosts[0] if hosts else None, ecus)
 
 
-def find_target(campaign: Campaign, plan: Sequence[TargetRef]) -> int | Failed:
-    """The index in a fresh *plan* of the campaign's target (a resumed download), or why not."""
-    target = campaign.target
+def find_target(
+    campaign: Campaign, plan: Sequence[TargetRef], target: TargetRef | None = None
+) -> int | Failed:
+    """The index in a fresh *plan* of *target* (default: the campaign's T-box image; a resumed
+    download), or why not."""
+    target = target or campaign.target
     if target is None:
         raise CampaignSequenceError(f"{campaign.describe()} has no target to look for")
     for index, planned in enumerate(plan):
@@ -971,20 +1373,21 @@ def campaign_problem(c: Campaign) -> str | None:
             problem = target_name_problem(name)
             if problem is not None:
                 return f"requested name {problem}"
-    for ref in (c.target, *c.skipped):
+    for ref in (c.target, *(lane.target for lane in c.ecus)):
         problem = None if ref is None else _target_problem(ref)
         if problem is not None:
             return f"target {problem}"
     if c.target is not None and c.target.image_kind is not ImageKind.TBOX:
         return f"target {c.target.name} is not a T-box image"
-    if any(t.image_kind is not ImageKind.ECU for t in c.skipped):
-        return "skipped holds a T-box image"
-    needs_target = c.step not in {Step.RECEIVED, Step.FAILED}
-    if needs_target and c.target is None:
+    problem = _lanes_problem(c)
+    if problem is not None:
+        return problem
+    needs_target = c.step not in {Step.RECEIVED, Step.FAILED, Step.COMMITTED}
+    if needs_target and c.target is None and not c.ecus:
         return f"step {c.step} needs a target"
-    if c.step is Step.RECEIVED and (c.target is not None or c.skipped):
+    if c.step is Step.RECEIVED and (c.target is not None or c.ecus):
         return "step received has no plan yet"
-    if (c.download is not None) != (c.step in _WITH_DOWNLOAD):
+    if (c.download is not None) != (c.step in _WITH_DOWNLOAD and c.target is not None):
         return f"download {_short(c.download)} does not fit step {c.step}"
     if c.download is not None and not c.download:
         return "download is empty"
@@ -1010,6 +1413,45 @@ def campaign_problem(c: Campaign) -> str | None:
     return None
 
 
+_LANE_PHASES_BY_STEP: Final = {
+    Step.RECEIVED: frozenset[LanePhase](),
+    Step.DOWNLOADING: frozenset({LanePhase.PLANNED, LanePhase.DOWNLOADED}),
+    Step.VERIFYING: frozenset({LanePhase.DOWNLOADED}),
+    Step.INSTALLING: frozenset(LanePhase)
+    - {LanePhase.PLANNED, LanePhase.ACTIVATED}
+    - {LanePhase.COMMITTED},
+    Step.ACTIVATING: frozenset(LanePhase)
+    - {LanePhase.PLANNED, LanePhase.STAGING, LanePhase.COMMITTED},
+    Step.COMMITTED: _SETTLED_AFTER_COMMIT,
+    Step.FAILED: frozenset(LanePhase) - PENDING_PHASES - {LanePhase.COMMITTED},
+    Step.ROLLED_BACK: frozenset(LanePhase) - PENDING_PHASES - {LanePhase.COMMITTED},
+}
+_ABORTED_PHASES: Final = frozenset(
+    {LanePhase.FAILED, LanePhase.ROLLED_BACK, LanePhase.ROLLBACK_FAILED}
+)
+
+
+def _lanes_problem(c: Campaign) -> str | None:
+    if len({lane.ecu_id for lane in c.ecus}) != len(c.ecus):
+        return "ecus holds two lanes for one ECU"
+    allowed = _LANE_PHASES_BY_STEP[c.step]
+    for lane in c.ecus:
+        if lane.target.image_kind is not ImageKind.ECU:
+            return f"ECU lane {lane.target.name} is not an ECU image"
+        if lane.phase not in allowed:
+            return f"ECU {lane.ecu_id} is {lane.phase}, which does not fit step {c.step}"
+        if (lane.phase is LanePhase.PLANNED) != (lane.download is None) or lane.download == "":
+            return f"ECU {lane.ecu_id}: download {_short(lane.download)} does not fit {lane.phase}"
+        if lane.phase in _ABORTED_PHASES and c.abort is None:
+            return f"ECU {lane.ecu_id} is {lane.phase} but the campaign is not rolling back"
+    if c.abort is not None:
+        if c.step not in {Step.INSTALLING, Step.ACTIVATING, Step.FAILED, Step.ROLLED_BACK}:
+            return f"step {c.step} cannot be rolling back"
+        if not c.abort.reason or c.abort.code not in ErrorCode.__members__.values():
+            return "abort has no reason or an unknown code"
+    return None
+
+
 def encode_campaign(c: Campaign) -> bytes:
     """The state file's bytes (indented JSON, for people who read it on a bench)."""
     document = {
@@ -1020,7 +1462,15 @@ def encode_campaign(c: Campaign) -> bytes:
         "requested": None if c.requested is None else list(c.requested),
         "deadline": None if c.deadline is None else format_deadline(c.deadline),
         "target": None if c.target is None else _target_json(c.target),
-        "skipped": [_target_json(t) for t in c.skipped],
+        "ecus": [
+            {
+                "target": _target_json(lane.target),
+                "phase": str(lane.phase),
+                "download": lane.download,
+            }
+            for lane in c.ecus
+        ],
+        "abort": None if c.abort is None else {"code": str(c.abort.code), "reason": c.abort.reason},
         "download": c.download,
         "install_attempts": c.install_attempts,
         "error_code": c.error_code,
@@ -1046,8 +1496,9 @@ def parse_campaign(data: bytes, *, source: str) -> Campaign:
     r = _Reader(source)
     if not isinstance(doc, dict):
         r.fail(None, "is not a JSON object")
-    if doc.get("format") != FORMAT:
-        r.fail("format", f"{_short(doc.get('format'))} is not {FORMAT}: another tbox version")
+    version = doc.get("format")
+    if version not in _FORMATS or isinstance(version, bool):
+        r.fail("format", f"{_short(version)} is not {FORMAT}: another tbox version")
     step_name = r.get(doc, "step", str)
     if step_name not in Step.__members__.values():
         r.fail("step", f"{_short(step_name)} is none of {', '.join(Step)}")
@@ -1062,7 +1513,13 @@ def parse_campaign(data: bytes, *, source: str) -> Campaign:
         except ValueError as e:
             r.fail("deadline", str(e))
     target_doc = r.get(doc, "target", dict | None)
-    skipped_doc = r.get(doc, "skipped", list)
+    if version == 1:
+        r.get(doc, "skipped", list)  # ECU images reported unsupported then: nothing to carry on
+        lanes: tuple[EcuLane, ...] = ()
+        abort = None
+    else:
+        lanes = tuple(r.lane(d, f"ecus[{i}]") for i, d in enumerate(r.get(doc, "ecus", list)))
+        abort = r.abort(r.get(doc, "abort", dict | None))
     outbox_doc = r.get(doc, "outbox", list)
     campaign = Campaign(
         campaign_id=r.get(doc, "campaign_id", str),
@@ -1071,12 +1528,13 @@ def parse_campaign(data: bytes, *, source: str) -> Campaign:
         requested=None if requested is None else tuple(requested),
         deadline=deadline,
         target=None if target_doc is None else r.target(target_doc, "target"),
-        skipped=tuple(r.target(t, f"skipped[{i}]") for i, t in enumerate(skipped_doc)),
+        ecus=lanes,
         download=r.get(doc, "download", str | None),
         install_attempts=r.get(doc, "install_attempts", int),
         error_code=r.get(doc, "error_code", str),
         detail=r.get(doc, "detail", str),
         outbox=tuple(r.event(e, f"outbox[{i}]") for i, e in enumerate(outbox_doc)),
+        abort=abort,
     )
     problem = campaign_problem(campaign)
     if problem is not None:
@@ -1145,6 +1603,26 @@ class _Reader:
         if problem is not None:
             self.fail(where, problem)
         return ref
+
+    def lane(self, doc: object, where: str) -> EcuLane:
+        if not isinstance(doc, dict):
+            self.fail(where, "is not an object")
+        phase = self.get(doc, "phase", str, where)
+        if phase not in LanePhase.__members__.values():
+            self.fail(f"{where}.phase", f"{_short(phase)} is none of {', '.join(LanePhase)}")
+        return EcuLane(
+            self.target(self.get(doc, "target", dict, where), f"{where}.target"),
+            LanePhase(phase),
+            self.get(doc, "download", str | None, where),
+        )
+
+    def abort(self, doc: dict[str, Any] | None) -> Abort | None:
+        if doc is None:
+            return None
+        code = self.get(doc, "code", str, "abort")
+        if code not in ErrorCode.__members__.values():
+            self.fail("abort.code", f"{_short(code)} is not an error code")
+        return Abort(ErrorCode(code), self.get(doc, "reason", str, "abort"))
 
     def event(self, doc: object, where: str) -> StatusEvent:
         if not isinstance(doc, dict):

@@ -21,22 +21,30 @@ Usage (the agent's wiring; see ADR 0009)::
 Each step, in the campaign's task:
 
 * **received** — ``source.check()`` (in a thread) gives the verified plan; the campaign picks its
-  T-box image (:func:`~ota.campaign.choose_targets`); ECU images get a FAILED
-  ``unsupported_image_kind`` event each in their own lane.
-* **downloading** — ``source.download(target, dest, progress)`` into the campaign's download
+  T-box image and its ECU images (:func:`~ota.campaign.choose_targets`); an image for an ECU the
+  :class:`EcuUpdater` cannot flash fails the campaign (``unsupported_image_kind``).
+* **downloading** — every ECU image, then the T-box image:
+  ``source.download(target, dest, progress)`` into the campaign's download
   directory; progress events (``bytes_done``/``bytes_total``) at most every
   ``progress_interval_s``. After a restart the plan is fetched again and must still name the
   same image (else ``plan_changed``); the update client resumes its partial download.
 * **verifying** — the download is hashed again from storage and its release counter compared
   with the committed one (``hash_mismatch``, ``downgrade``; an image that is already committed
   ends the campaign COMMITTED with nothing installed).
-* **installing** — ``installer.install`` unless the installer already holds the image (an install
+* **installing** — each ECU stages its image (``ecus.stage``), then
+  ``installer.install`` unless the installer already holds the image (an install
   is never redone); each attempt is counted on disk before it starts, so an install cut by power
   cuts is tried :data:`~ota.campaign.MAX_INSTALL_ATTEMPTS` times at most.
-* **activating** — ``installer.boot()`` (the simulated reboot), the health check (run here, in a
+* **activating** — each ECU is reset into its image (``ecus.activate``), then
+  ``installer.boot()`` (the simulated reboot), the health check (run here, in a
   thread, outside the installer's lock, then recorded with ``check_health``), ``commit()``. What
   to do next is always decided from ``installer.status()``, so a resumed activation finishes
   where the installer is, and COMMITTED is reported only when the installer says so.
+
+**All or nothing.** The first failure after an ECU staged its image (an ECU refusing or failing
+its image, the T-box's install or health check, the watchdog) makes the campaign roll every ECU
+back (``ecus.roll_back``, last lane first, each persisted) before it ends FAILED or ROLLED_BACK;
+see :mod:`ota.campaign` and ADR 0012. A campaign resumed after a crash goes on with the sweep.
 
 **Watchdog.** Every step runs under a time budget (:class:`StepBudgets`); the download's is the
 longest time without progress. A step that overruns ends the campaign with error code
@@ -76,20 +84,30 @@ from agent.uplink import OTA_STATUS_KIND
 from agent.upload_queue import QueueItem
 from ota.ab_installer import sha256_from_disk
 from ota.campaign import (
+    ActivateEcu,
     Boot,
     Campaign,
     CheckHealth,
     Commit,
     CommitDone,
     DownloadDone,
+    EcuActivated,
+    EcuDownloaded,
+    EcuFailed,
+    EcuRolledBack,
+    EcuStaged,
+    EcuStaging,
     ErrorCode,
     Event,
     Failed,
     Install,
     InstallDone,
     InstallRetried,
+    LanePhase,
     PlannedTarget,
+    RollBackEcu,
     RolledBack,
+    StageEcu,
     StatusEvent,
     Step,
     TargetRef,
@@ -101,6 +119,7 @@ from ota.campaign import (
     find_target,
     format_deadline,
     install_decision,
+    lane_action,
     leftover_rollback,
     own_reason,
     parse_request,
@@ -112,13 +131,14 @@ from ota.campaign import (
     verify_decision,
 )
 from ota.campaign_store import CampaignStore
-from ota.errors import CampaignBusyError, CampaignStateError, SlotSequenceError
+from ota.errors import CampaignBusyError, CampaignStateError, EcuLaneError, SlotSequenceError
 from ota.health_check import HealthCheck, HealthResult
 from ota.slot_state import SlotStatus
 
 __all__ = [
     "STATUS_PRIORITY",
     "CampaignRunner",
+    "EcuUpdater",
     "SlotInstaller",
     "StatusQueue",
     "StepBudgets",
@@ -196,6 +216,32 @@ class SlotInstaller(Protocol):
 
     def status(self) -> SlotStatus:
         """The slots' state now."""
+        ...
+
+
+class EcuUpdater(Protocol):
+    """The ECUs a campaign flashes (:class:`ota.ecu_fleet.EcuFleet`); every call is idempotent
+    and raises :class:`~ota.errors.EcuLaneError` with the campaign's error code."""
+
+    def flashable(self) -> frozenset[str]:
+        """The ECU ids it can flash."""
+        ...
+
+    async def runs(self, ecu_id: str, image_path: Path) -> bool:
+        """Whether the ECU runs the image now."""
+        ...
+
+    async def stage(self, ecu_id: str, image_path: Path) -> bool:
+        """Flash the image into the ECU's inactive bank, checked, not booted; ``True`` if the
+        ECU already runs it."""
+        ...
+
+    async def activate(self, ecu_id: str, image_path: Path) -> None:
+        """Reset the ECU into its staged image and verify it runs it."""
+        ...
+
+    async def roll_back(self, ecu_id: str, image_path: Path) -> None:
+        """Invalidate the image in the ECU and reset it into its previous image."""
         ...
 
 
@@ -297,6 +343,7 @@ class CampaignRunner:
         progress_interval_s: float = 10.0,
         boot_on_start: bool = True,
         clock: Callable[[], float] = time.time,
+        ecus: EcuUpdater | None = None,
     ) -> None:
         self._store = store
         self._installer = installer
@@ -310,6 +357,7 @@ class CampaignRunner:
         self._progress_interval_s = progress_interval_s
         self._boot_on_start = boot_on_start
         self._clock = clock
+        self._ecus = ecus
         self._campaign: Campaign | None = None
         self._group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
@@ -460,6 +508,8 @@ class CampaignRunner:
                 )
 
     async def _advance(self, c: Campaign) -> Campaign:
+        if c.abort is not None:
+            return await self._sweep(c)
         if c.step is Step.ACTIVATING:
             return await self._activate(c)
         late = self._deadline_failure(c)
@@ -479,7 +529,8 @@ class CampaignRunner:
             plan = await self._check(c)
         except Exception as e:
             return await self._apply(c, self._failure(c, e))
-        event = choose_targets(c, [ref for ref, _ in plan])
+        flashable = self._ecus.flashable() if self._ecus is not None else frozenset[str]()
+        event = choose_targets(c, [ref for ref, _ in plan], flashable)
         self._live = {ref.name: live for ref, live in plan}
         return await self._apply(c, event)
 
@@ -489,25 +540,35 @@ class CampaignRunner:
         return [(TargetRef.of(p), p) for p in plan]
 
     async def _download(self, c: Campaign) -> Campaign:
-        target = c.target
-        assert target is not None
+        for lane in c.ecus:
+            if lane.phase is LanePhase.PLANNED:
+                return await self._fetch(c, lane.target)
+        if c.target is None:
+            return await self._apply(c, DownloadDone(None))
+        return await self._fetch(c, c.target)
+
+    async def _fetch(self, c: Campaign, target: TargetRef) -> Campaign:
+        """Download *target* (an ECU lane's or the T-box image) and record it."""
         progress_on = True
 
         def progress(done: int, total: int) -> None:  # in the update client's thread
             if progress_on:
                 with contextlib.suppress(RuntimeError):  # the loop has closed
-                    loop.call_soon_threadsafe(self._on_progress, c, dog, done, total)
+                    loop.call_soon_threadsafe(self._on_progress, c, target, dog, done, total)
 
         loop = asyncio.get_running_loop()
         try:
             live = self._live.get(target.name)
             if live is None or TargetRef.of(live) != target:
                 plan = await self._check(c)  # resumed: the client needs fresh metadata first
-                found = find_target(c, [ref for ref, _ in plan])
+                self._live = {ref.name: live for ref, live in plan}
+                found = find_target(c, [ref for ref, _ in plan], target)
                 if isinstance(found, Failed):
                     return await self._apply(c, found)
                 live = plan[found][1]
-            dest = await asyncio.to_thread(self._store.download_dir, c.campaign_id)
+            # One directory per lane: two ECUs' images may share a file name.
+            ecu = None if target is c.target else target.lane
+            dest = await asyncio.to_thread(self._store.download_dir, c.campaign_id, ecu)
             self._progress_at = time.monotonic()
             what = f"downloading {target.name}"
             async with self._watchdog(c, what, self._budgets.download_stall_s) as dog:
@@ -515,12 +576,17 @@ class CampaignRunner:
         except Exception as e:
             event: Event = self._failure(c, e)
         else:
-            event = DownloadDone(str(path))
+            if target is c.target:
+                event = DownloadDone(str(path))
+            else:
+                event = EcuDownloaded(target.lane, str(path))
         finally:
             progress_on = False  # a download the watchdog abandoned reports nothing more
         return await self._apply(c, event)
 
-    def _on_progress(self, c: Campaign, dog: _Watchdog, done: int, total: int) -> None:
+    def _on_progress(
+        self, c: Campaign, target: TargetRef, dog: _Watchdog, done: int, total: int
+    ) -> None:
         if self._campaign is not c:  # a late call: the download has ended
             return
         dog.kick()
@@ -528,7 +594,7 @@ class CampaignRunner:
         if now - self._progress_at < self._progress_interval_s:
             return
         self._progress_at = now
-        event = progress_event(c, done, total, now_us=self._now_us())
+        event = progress_event(c, done, total, now_us=self._now_us(), target=target)
         item = self._item(c, replace(event, sequence=self._next_sequence()))
         previous = self._progress_tail
         assert self._group is not None
@@ -546,7 +612,22 @@ class CampaignRunner:
         self._notify()
 
     async def _verify(self, c: Campaign) -> Campaign:
-        assert c.download is not None
+        for lane in c.ecus:
+            assert lane.download is not None
+            try:
+                sha256, length = await asyncio.to_thread(sha256_from_disk, Path(lane.download))
+            except OSError as e:
+                text = f"the download {lane.download} cannot be read: {e.strerror or e}"
+                return await self._apply(c, Failed(ErrorCode.HASH_MISMATCH, text))
+            t = lane.target
+            if (sha256, length) != (t.sha256, t.length):
+                text = (
+                    f"the download {lane.download} is {length} bytes with sha256 "
+                    f"{sha256[:12]}…; {t.name} is {t.length} bytes with sha256 {t.sha256[:12]}…"
+                )
+                return await self._apply(c, Failed(ErrorCode.HASH_MISMATCH, text))
+        if c.download is None:
+            return await self._apply(c, VerifyPassed())
         path = Path(c.download)
         try:
             async with self._watchdog(c, f"verifying {path}", self._budgets.verifying_s):
@@ -563,6 +644,11 @@ class CampaignRunner:
         return await self._apply(c, event)
 
     async def _install(self, c: Campaign) -> Campaign:
+        action = lane_action(c)
+        if isinstance(action, StageEcu):
+            return await self._lane_step(c, action)
+        if c.target is None:
+            return await self._apply(c, InstallDone())
         target, download = c.target, c.download
         assert target is not None and download is not None
         try:
@@ -599,8 +685,12 @@ class CampaignRunner:
         return await self._apply(c, InstallDone())
 
     async def _activate(self, c: Campaign) -> Campaign:
+        action = lane_action(c)
+        if isinstance(action, ActivateEcu):
+            return await self._lane_step(c, action)
         target = c.target
-        assert target is not None
+        if target is None:
+            return await self._apply(c, CommitDone())
         installer = self._installer
         try:
             what = f"activating {target.name}"
@@ -621,6 +711,61 @@ class CampaignRunner:
             failure = self._failure(c, e)
             ending = await self._roll_back(c, failure.code, failure.reason)
             return await self._apply(c, ending)
+
+    async def _lane_step(self, c: Campaign, action: StageEcu | ActivateEcu) -> Campaign:
+        """Stage or activate one ECU lane; a failure starts the rollback of every lane."""
+        assert self._ecus is not None, "a campaign with ECU lanes needs an EcuUpdater"
+        lane = action.lane
+        assert lane.download is not None
+        path = Path(lane.download)
+        event: Event
+        try:
+            if isinstance(action, StageEcu) and lane.phase is LanePhase.DOWNLOADED:
+                what = f"reading what ECU {lane.ecu_id} runs"
+                async with self._watchdog(c, what, self._budgets.installing_s):
+                    unchanged = await self._ecus.runs(lane.ecu_id, path)
+                # Recorded before the first byte is flashed: from then on the image is ours.
+                event = EcuStaged(lane.ecu_id, True) if unchanged else EcuStaging(lane.ecu_id)
+            elif isinstance(action, StageEcu):
+                what = f"staging {lane.target.name} on ECU {lane.ecu_id}"
+                async with self._watchdog(c, what, self._budgets.installing_s):
+                    await self._ecus.stage(lane.ecu_id, path)
+                event = EcuStaged(lane.ecu_id)
+            else:
+                what = f"activating {lane.target.name} on ECU {lane.ecu_id}"
+                async with self._watchdog(c, what, self._budgets.activating_s, deadline=False):
+                    await self._ecus.activate(lane.ecu_id, path)
+                event = EcuActivated(lane.ecu_id)
+        except EcuLaneError as e:
+            event = EcuFailed(lane.ecu_id, ErrorCode(e.code), str(e))
+        except _ExpiredError as e:
+            event = EcuFailed(lane.ecu_id, e.code, e.text)
+        except TboxError as e:
+            event = EcuFailed(lane.ecu_id, ErrorCode.INTERNAL_ERROR, str(e))
+        return await self._apply(c, event)
+
+    async def _sweep(self, c: Campaign) -> Campaign:
+        """Roll the next lane back; with none left, end the campaign with its abort."""
+        abort = c.abort
+        assert abort is not None
+        action = lane_action(c)
+        if isinstance(action, RollBackEcu):
+            lane = action.lane
+            assert self._ecus is not None and lane.download is not None
+            try:
+                what = f"rolling back ECU {lane.ecu_id}"
+                async with self._watchdog(c, what, self._budgets.activating_s, deadline=False):
+                    await self._ecus.roll_back(lane.ecu_id, Path(lane.download))
+            except (EcuLaneError, _ExpiredError, TboxError) as e:
+                text = e.text if isinstance(e, _ExpiredError) else str(e)
+                log.error("ota: %s: ECU %s: %s", c.describe(), lane.ecu_id, text)
+                return await self._apply(c, EcuRolledBack(lane.ecu_id, False, text))
+            return await self._apply(c, EcuRolledBack(lane.ecu_id, True))
+        if c.step is not Step.ACTIVATING:
+            return await self._apply(c, Failed(abort.code, abort.reason))
+        if c.target is None:
+            return await self._apply(c, RolledBack(abort.code, abort.reason))
+        return await self._apply(c, await self._roll_back(c, abort.code, abort.reason))
 
     async def _roll_back(self, c: Campaign, code: ErrorCode, text: str) -> CommitDone | RolledBack:
         """Roll the campaign's update back; how activation really ended, from the installer."""
@@ -652,11 +797,16 @@ class CampaignRunner:
         text = f"{type(error).__name__}: {error}"
         if c.final:
             return
-        if c.step is Step.ACTIVATING:
-            ending = await self._roll_back(c, ErrorCode.INTERNAL_ERROR, text)
+        if c.abort is None:
+            if c.step is Step.ACTIVATING and c.target is not None:
+                ending: Event = await self._roll_back(c, ErrorCode.INTERNAL_ERROR, text)
+            elif c.step is Step.ACTIVATING:
+                ending = RolledBack(ErrorCode.INTERNAL_ERROR, text)
+            else:
+                ending = Failed(ErrorCode.INTERNAL_ERROR, text)
             c = await self._apply(c, ending)
-        else:
-            c = await self._apply(c, Failed(ErrorCode.INTERNAL_ERROR, text))
+        while not c.final:  # ECU lanes to roll back first; each lane's failure is reported
+            c = await self._sweep(c)
         await self._conclude(c)
 
     async def _roll_back_orphan(self, why: str) -> None:

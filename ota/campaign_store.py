@@ -101,9 +101,13 @@ class CampaignStore:
         """Persist *campaign* once its outbox's events are in the upload queue."""
         self._save(campaign, CP_SENT)
 
-    def download_dir(self, campaign_id: str) -> Path:
-        """The directory the update client downloads *campaign_id*'s images into (created)."""
+    def download_dir(self, campaign_id: str, ecu_id: str | None = None) -> Path:
+        """The directory the update client downloads *campaign_id*'s T-box image into, or the
+        image of the ECU *ecu_id* (a subdirectory: two ECUs' images may share a file name);
+        created."""
         path = self.directory / DOWNLOADS / campaign_id
+        if ecu_id is not None:
+            path = path / f"ecu-{ecu_id}"
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -9,17 +9,23 @@ use it; ``firmware_stub`` is the ECU it is tested against. Usage::
     image = EcuImage.load(Path("bms-7.img"))
     result = await flasher.flash(image, progress=print)   # FlashResult
     info = await flasher.read_info()                       # EcuInfo
+    await flasher.flash(image, activate=False)              # staged: checked, not booted
+    await flasher.activate(image)                           # reset into it, verified
+    info = await flasher.roll_back(image)                   # back to the previous image
 
 The programming sequence (one *attempt*)::
 
     DiagnosticSessionControl default           a clean slate whatever the ECU was doing
-    ReadDataByIdentifier F191, FD00            hardware id and active image: refuse a wrong or
-                                               lower image before sending it; done if installed
+    ReadDataByIdentifier FD00, FD02            the active image (done if installed; a reset
+                                               first if its bank was invalidated)
+    ReadDataByIdentifier F191                  hardware id: refuse a wrong or lower image
+                                               before sending it
+    ReadDataByIdentifier FD01                  the inactive bank's download status (resume?);
+                                               already checked (staged) → straight to the reset
     DiagnosticSessionControl extended
     ControlDTCSetting off, CommunicationControl enableRxAndDisableTx (normal + NM messages)
     DiagnosticSessionControl programming
     SecurityAccess requestSeed / sendKey       key = the configured algorithm over the seed
-    ReadDataByIdentifier FD01                  the inactive bank's download status (resume?)
     WriteDataByIdentifier F184                 fingerprint (fresh downloads only)
     RoutineControl start FF00                  erase the inactive bank (response pending 0x78)
     RequestDownload address=offset size=rest   the ECU answers its maximum block length
@@ -29,6 +35,25 @@ The programming sequence (one *attempt*)::
                                                hardware id, no downgrade (pending 0x78)
     ECUReset hardReset                         the ECU boots the new bank …
     ReadDataByIdentifier FD00                  … which must now be the active image
+
+Without activation (``flash(image, activate=False)``, *staging*) the attempt ends after the check
+with DiagnosticSessionControl default instead of the reset; :meth:`EcuFlasher.activate` later
+(any flasher, any process: it keeps no state) resets the ECU and verifies it runs the image —
+nothing to do if it does already, :class:`EcuActivationError` without a reset if the inactive
+bank holds no checked copy of it. Staging an image the inactive bank holds checked already sends
+nothing (``FlashResult.already_staged``).
+
+**Rollback** (:meth:`EcuFlasher.roll_back`, one attempt)::
+
+    DiagnosticSessionControl default
+    ReadDataByIdentifier FD00, FD02, FD01      runs the image (a reset first if its bank is
+                                               invalidated)? holds it valid in the inactive
+                                               bank? neither → nothing to do
+    DiagnosticSessionControl extended, programming; SecurityAccess
+    RoutineControl start FF02 <SHA-256>        invalidate the bank holding the image (pending
+                                               0x78); NRC 0x22: no valid fallback → refused
+    ECUReset hardReset                         the ECU boots the other bank …
+    ReadDataByIdentifier FD00                  … which must not be the image
 
 **Resume.** The ECU persists, for the bank being written, the declared image length, the bytes
 written and acknowledged so far and their CRC-32, and reports them in DID 0xFD01. A new attempt
@@ -45,7 +70,9 @@ acknowledges a repeated last block without writing it again) up to ``block_retri
 other loss of the link or of the ECU's session state (no response, bus errors, NRCs such as
 serviceNotSupportedInActiveSession after the ECU rebooted) ends the attempt, and the next one
 (up to ``attempts``) waits until the ECU answers again and resumes as above. Refusals (a wrong
-key, a failed check, an image that does not fit) are never retried.
+key, a failed check, an image that does not fit, a refused rollback) are never retried.
+:meth:`EcuFlasher.activate` and :meth:`EcuFlasher.roll_back` retry the same way, each attempt
+deciding again from what the ECU reports, so they too finish after a power cut anywhere.
 
 Threads: udsoncan and can-isotp are synchronous and can-isotp runs its own threads; each attempt
 runs in one worker thread (``asyncio.to_thread``) and the event loop only awaits it. Cancelling
@@ -53,8 +80,9 @@ runs in one worker thread (``asyncio.to_thread``) and the event loop only awaits
 timeout) and re-raises; the ECU keeps what it acknowledged, so the next call resumes.
 
 This module also holds the **protocol profile** the simulated ECU (``firmware_stub``) implements:
-data identifiers, routines, the records' layouts, the seed/key algorithms and the
-``NAME[:REQID:RESPID]`` ECU notation.
+data identifiers, routines (:class:`Routine`: erase 0xFF00, check 0xFF01, invalidate image
+0xFF02), the records' layouts, the seed/key algorithms and the ``NAME[:REQID:RESPID]`` ECU
+notation.
 """
 
 from __future__ import annotations
@@ -73,7 +101,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import udsoncan
 from udsoncan import MemoryLocation
@@ -96,6 +124,7 @@ __all__ = [
     "DEFAULT_SECURITY_LEVEL",
     "DID_LENGTHS",
     "FINGERPRINT_LENGTH",
+    "INVALIDATE_RECORD_LENGTH",
     "KEY_LENGTH",
     "NO_BANK",
     "SEED_LENGTH",
@@ -115,11 +144,13 @@ __all__ = [
     "EcuNegativeResponseError",
     "EcuNoResponseError",
     "EcuProtocolError",
+    "EcuRollbackError",
     "EcuSecurityError",
     "EcuUsageError",
     "FlashProgress",
     "FlashResult",
     "FlashTiming",
+    "InvalidateStatus",
     "Routine",
     "SeedKeyAlgorithm",
     "compute_key",
@@ -131,6 +162,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # --- the protocol profile ----------------------------------------------------------------------
 
@@ -167,10 +200,36 @@ DID_LENGTHS: Final[Mapping[int, int]] = {
 
 class Routine(IntEnum):
     """Routine identifiers (ISO 14229-1 Annex F: 0xFF00 eraseMemory, 0xFF01
-    checkProgrammingDependencies)."""
+    checkProgrammingDependencies; 0xFF02 is ours).
+
+    All three are started (sub-function 0x01) in the programming session with security access
+    unlocked; in the extended session they answer requestOutOfRange (0x31), in the default
+    session serviceNotSupportedInActiveSession (0x7F), locked securityAccessDenied (0x33).
+
+    * ``ERASE_MEMORY`` (0xFF00): option record empty, or the whole application area as
+      addressAndLengthFormatIdentifier + address 0 + size ≤ bank size; erases the inactive bank
+      (response pending 0x78). conditionsNotCorrect (0x22) while a download is in progress, or
+      while the running bank is invalidated (the inactive bank is then the only valid one:
+      reset first).
+    * ``CHECK_PROGRAMMING_DEPENDENCIES`` (0xFF01): no option record; checks the complete
+      download (response pending) and answers a :class:`CheckStatus` byte.
+    * ``INVALIDATE_IMAGE`` (0xFF02, a rollback): option record = the SHA-256 (32 bytes) of the
+      image to give up; answers an :class:`InvalidateStatus` byte. The ECU marks the bank holding
+      that image valid as ``invalid`` (validity flag written last; response pending while it
+      re-verifies the other bank) — only if the other bank holds a valid image of another
+      SHA-256 that still verifies (hash, signature), else conditionsNotCorrect (0x22): the ECU
+      would be left with nothing to boot. The running bank may be invalidated: the ECU runs it
+      until the next reset, which boots the other bank. A record of another length is
+      incorrectMessageLengthOrInvalidFormat (0x13); a download in progress conditionsNotCorrect.
+    """
 
     ERASE_MEMORY = 0xFF00
     CHECK_PROGRAMMING_DEPENDENCIES = 0xFF01
+    INVALIDATE_IMAGE = 0xFF02
+
+
+#: Length of the option record of :attr:`Routine.INVALIDATE_IMAGE` (a SHA-256).
+INVALIDATE_RECORD_LENGTH: Final = 32
 
 
 class CheckStatus(IntEnum):
@@ -201,6 +260,23 @@ _CHECK_WORDS: Final[Mapping[CheckStatus, str]] = {
 }
 
 
+class InvalidateStatus(IntEnum):
+    """The routine status record (one byte) of invalidate image (0xFF02)."""
+
+    #: The bank that held the image is invalid: this request wrote it, or an earlier one did
+    #: (or the bootloader, when the image failed at boot). The next reset boots the other bank.
+    INVALIDATED = 0x00
+    #: No bank holds that image (valid or invalidated): nothing to do.
+    NOT_HELD = 0x01
+
+    @property
+    def description(self) -> str:
+        """What the status means, in words."""
+        if self is InvalidateStatus.INVALIDATED:
+            return "the bank holding the image is invalid; the next reset boots the other bank"
+        return "no bank holds the image"
+
+
 class BankState(IntEnum):
     """What a flash bank holds, as the ECU's metadata records it."""
 
@@ -209,7 +285,7 @@ class BankState(IntEnum):
     ERASED = 2  # erased; a download may start at address 0
     WRITING = 3  # a download is (or was) in progress: length, written, crc32 say how far
     VALID = 4  # checked (hash, signature, hardware, version): bootable
-    INVALID = 5  # a check failed, or the boot verification did
+    INVALID = 5  # a check failed, the boot verification did, or the image was rolled back
 
 
 NO_BANK: Final = 0xFF
@@ -279,7 +355,8 @@ class DownloadStatus:
 
 @dataclass(frozen=True, slots=True)
 class BankSummary:
-    """One bank in DID 0xFD02: its state and, when valid, its image's version."""
+    """One bank in DID 0xFD02: its state and, when valid or invalid, the version of the image it
+    holds or held (0 when unknown: an image that failed its check, an empty bank)."""
 
     state: BankState
     version: int
@@ -462,7 +539,21 @@ class EcuProtocolError(EcuFlashError):
 
 
 class EcuActivationError(EcuFlashError):
-    """After the reset the ECU does not run the image that was flashed (it fell back)."""
+    """After the reset the ECU does not run the image that was flashed (it fell back), or it
+    holds no checked copy of the image to activate."""
+
+    def __init__(self, message: str, *, ecu: str = "") -> None:
+        self.ecu = ecu
+        super().__init__(message)
+
+
+class EcuRollbackError(EcuFlashError):
+    """The ECU refused to give up an image (no other bank holds a valid image to boot:
+    RoutineControl 0xFF02 answered conditionsNotCorrect), or still runs it after the reset."""
+
+    def __init__(self, message: str, *, ecu: str = "") -> None:
+        self.ecu = ecu
+        super().__init__(message)
 
 
 class FlashInterruptedError(EcuFlashError):
@@ -527,10 +618,12 @@ class FlashProgress:
 class FlashResult:
     """How a flash went.
 
-    ``already_installed``: the ECU ran this image already, nothing was sent. ``resumed_from``:
-    the byte offset the last resumed transfer started at (``None`` if none resumed).
-    ``bytes_sent``: image bytes sent over all attempts; ``transfer_s``: time spent in
-    RequestDownload … RequestTransferExit.
+    ``already_installed``: the ECU ran this image already, nothing was sent.
+    ``already_staged``: the ECU's inactive bank held this image checked (valid) already, nothing
+    was sent (and, with ``activated``, the ECU was reset into it). ``resumed_from``: the byte
+    offset the last resumed transfer started at (``None`` if none resumed). ``bytes_sent``: image
+    bytes sent over all attempts; ``transfer_s``: time spent in RequestDownload …
+    RequestTransferExit.
     """
 
     ecu: str
@@ -544,6 +637,7 @@ class FlashResult:
     transfer_s: float
     already_installed: bool = False
     activated: bool = True
+    already_staged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -659,6 +753,7 @@ class _Run:
     resumed_from: int | None = None
     transfer_s: float = 0.0
     already_installed: bool = False
+    already_staged: bool = False
 
 
 class EcuFlasher:
@@ -749,54 +844,75 @@ class EcuFlasher:
                 loop.call_soon_threadsafe(progress, event)
 
         run = _Run(image=image, abort=threading.Event(), report=report)
-        last_error: EcuFlashError | BusError | None = None
-        for attempt in range(1, self.attempts + 1):
+
+        def job(attempt: int) -> None:
             run.attempt = attempt
-            if attempt > 1:
-                await asyncio.sleep(self.timing.retry_pause)
-            try:
-                await self._run_worker(
-                    functools.partial(
-                        self._attempt, run, activate=activate, precheck=precheck, force=force
-                    ),
-                    run.abort,
-                )
-            except (EcuNoResponseError, EcuProtocolError, BusError) as e:
-                last_error = e
-            except EcuNegativeResponseError as e:
-                if e.nrc not in _RETRYABLE_NRCS or isinstance(e, EcuSecurityError):
-                    raise
-                last_error = e
-            else:
-                report("done", total)
-                return FlashResult(
-                    ecu=self.ecu.name,
-                    version=image.version,
-                    sha256=image.sha256.hex(),
-                    length=total,
-                    attempts=attempt,
-                    bytes_sent=run.bytes_sent,
-                    resumed_from=run.resumed_from,
-                    elapsed_s=time.monotonic() - started,
-                    transfer_s=run.transfer_s,
-                    already_installed=run.already_installed,
-                    activated=activate,
-                )
-            log.info("ECU %s: attempt %d failed: %s", self.ecu.name, attempt, last_error)
-        assert last_error is not None
-        if self.attempts > 1:
-            # Same class and attributes (callers dispatch on them); the message says how hard we
-            # tried.
-            last_error.args = (f"{last_error} (after {self.attempts} attempts)",)
-        raise last_error
+            self._attempt(run, activate=activate, precheck=precheck, force=force)
+
+        _, attempts = await self._retrying(job, run.abort)
+        report("done", total)
+        return FlashResult(
+            ecu=self.ecu.name,
+            version=image.version,
+            sha256=image.sha256.hex(),
+            length=total,
+            attempts=attempts,
+            bytes_sent=run.bytes_sent,
+            resumed_from=run.resumed_from,
+            elapsed_s=time.monotonic() - started,
+            transfer_s=run.transfer_s,
+            already_installed=run.already_installed,
+            activated=activate,
+            already_staged=run.already_staged,
+        )
 
     async def activate(self, image: EcuImage) -> None:
-        """Reset the ECU and verify it runs *image* (after ``flash(…, activate=False)``)."""
+        """Make the ECU run *image*, staged by ``flash(…, activate=False)`` (by this flasher or
+        another, in this process or an earlier one): reset it and verify it runs the image.
 
-        def work(client: Any) -> None:
-            self._reset_and_verify(client, image, threading.Event())
+        Nothing to do if the ECU runs *image* already (no reset). :class:`EcuActivationError`
+        if the ECU holds no checked copy of *image* in its inactive bank (never staged, or
+        invalidated since: it failed to boot, or was rolled back) — nothing is reset then — or
+        if after the reset it runs something else (the image did not boot and the ECU fell
+        back). Retried like :meth:`flash`; calling it again after any interruption finishes.
+        """
+        abort = threading.Event()
 
-        await self._in_worker(work)
+        def job(attempt: int) -> None:
+            with self._link() as client:
+                if attempt > 1:
+                    self._wait_until_ready(client, abort)
+                self._activate(client, image, abort)
+
+        await self._retrying(job, abort)
+
+    async def roll_back(self, image: EcuImage) -> EcuInfo:
+        """Return the ECU from *image* to the image it held before (a campaign's rollback); return
+        what the ECU reports afterwards.
+
+        Reads what the ECU runs and holds (resetting it first if its running bank was
+        invalidated by an earlier, interrupted rollback); if it neither runs *image* nor holds it
+        valid in its inactive bank there is nothing more to do. Otherwise:
+        programming session, SecurityAccess, RoutineControl 0xFF02 (invalidate image) with
+        *image*'s SHA-256, ECUReset, and a check that the ECU now runs another image (the
+        fallback). Idempotent: the ECU keeps the invalidation, so calling it again after a power
+        cut or a lost link at any point finishes the job; within one call, lost links and
+        transient negative responses are retried like :meth:`flash`.
+
+        :class:`EcuRollbackError` if the ECU refuses (no other bank holds a valid image of
+        another SHA-256 that verifies: it would be left with nothing to boot) or still runs
+        *image*, or runs no valid image at all, after the reset.
+        """
+        abort = threading.Event()
+
+        def job(attempt: int) -> EcuInfo:
+            with self._link() as client:
+                if attempt > 1:
+                    self._wait_until_ready(client, abort)
+                return self._roll_back(client, image, abort)
+
+        info, _ = await self._retrying(job, abort)
+        return info
 
     # --- workers -------------------------------------------------------------------------------
 
@@ -808,6 +924,37 @@ class EcuFlasher:
                 return work(client)
 
         return await self._run_worker(job, abort)
+
+    async def _retrying(self, job: Callable[[int], _T], abort: threading.Event) -> tuple[_T, int]:
+        """Run ``job(attempt)`` in a worker thread until it succeeds, at most ``attempts`` times;
+        return its result and the attempt that succeeded.
+
+        A lost link or ECU (no response, a malformed response, a bus error, a negative response
+        after which a new attempt may succeed) costs an attempt; anything else (a refusal, a
+        wrong key) is raised at once. After the last attempt its error is raised, its message
+        saying how many attempts were made.
+        """
+        last_error: EcuFlashError | BusError | None = None
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(self.timing.retry_pause)
+            try:
+                result: _T = await self._run_worker(functools.partial(job, attempt), abort)
+            except (EcuNoResponseError, EcuProtocolError, BusError) as e:
+                last_error = e
+            except EcuNegativeResponseError as e:
+                if e.nrc not in _RETRYABLE_NRCS or isinstance(e, EcuSecurityError):
+                    raise
+                last_error = e
+            else:
+                return result, attempt
+            log.info("ECU %s: attempt %d failed: %s", self.ecu.name, attempt, last_error)
+        assert last_error is not None
+        if self.attempts > 1:
+            # Same class and attributes (callers dispatch on them); the message says how hard we
+            # tried.
+            last_error.args = (f"{last_error} (after {self.attempts} attempts)",)
+        raise last_error
 
     async def _run_worker(self, job: Callable[[], Any], abort: threading.Event) -> Any:
         task = asyncio.ensure_future(asyncio.to_thread(job))
@@ -852,7 +999,8 @@ class EcuFlasher:
                 stack = isotp.CanStack(
                     bus, address=address, params=dict(self.isotp_params), error_handler=_isotp_error
                 )
-                client = Client(PythonIsoTpConnection(stack), config=self._client_config())
+                connection = PythonIsoTpConnection(stack, name=f"tbox.{self.ecu.name}")
+                client = Client(connection, config=self._client_config())
                 client.open()
                 try:
                     if owned and self.bus.interface == "socketcand":
@@ -943,14 +1091,24 @@ class EcuFlasher:
         if run.attempt > 1:
             self._wait_until_ready(client, abort)
         call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_DEFAULT)
-        if precheck or not force:
-            active = ActiveImage.decode(self._read(client, abort, Did.ACTIVE_IMAGE))
-            if active.bank is not None and active.sha256 == image.sha256 and not force:
-                run.already_installed = run.attempt == 1 and run.bytes_sent == 0
-                run.acknowledged = len(image.data)
-                return
-            if precheck:
-                self._precheck(client, abort, image, active)
+        active = self._running(client, abort)
+        if active.bank is not None and active.sha256 == image.sha256 and not force:
+            run.already_installed = run.attempt == 1 and run.bytes_sent == 0
+            run.acknowledged = len(image.data)
+            return
+        if precheck:
+            self._precheck(client, abort, image, active)
+        status = DownloadStatus.decode(self._read(client, abort, Did.DOWNLOAD_STATUS))
+        plan = plan_download(status, image)
+        log.info("ECU %s: download status %s → %s", ecu, status, plan)
+        run.acknowledged = plan.offset
+        if plan.step == "activate":
+            # Checked by the ECU already (staged): no session change, nothing to send.
+            run.already_staged = run.attempt == 1 and run.bytes_sent == 0
+            if activate:
+                run.report("reset", len(image.data))
+                self._reset_and_verify(client, image, abort)
+            return
         call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_EXTENDED)
         call(abort, "ControlDTCSetting", client.control_dtc_setting, _DTC_OFF)
         call(
@@ -962,10 +1120,6 @@ class EcuFlasher:
         )
         call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_PROGRAMMING)
         call(abort, "SecurityAccess", client.unlock_security_access, self.security_level)
-        status = DownloadStatus.decode(self._read(client, abort, Did.DOWNLOAD_STATUS))
-        plan = plan_download(status, image)
-        log.info("ECU %s: download status %s → %s", ecu, status, plan)
-        run.acknowledged = plan.offset
         if plan.step == "erase":
             fingerprint = default_fingerprint(self.tester_id)
             call(
@@ -986,28 +1140,113 @@ class EcuFlasher:
             if plan.step == "resume":
                 run.resumed_from = plan.offset
             self._transfer(client, run, plan.offset)
-        if plan.step != "activate":
-            run.report("check", len(image.data))
-            response = call(
-                abort,
-                "RoutineControl 0xFF01 (check programming dependencies)",
-                client.start_routine,
-                Routine.CHECK_PROGRAMMING_DEPENDENCIES,
-            )
-            record = bytes(response.service_data.routine_status_record or b"")
-            if not record:
-                raise EcuProtocolError(ecu, "RoutineControl 0xFF01", "no routine status record")
-            try:
-                verdict = CheckStatus(record[0])
-            except ValueError:
-                raise EcuProtocolError(
-                    ecu, "RoutineControl 0xFF01", f"unknown status 0x{record[0]:02X}"
-                ) from None
-            if verdict is not CheckStatus.OK:
-                raise EcuCheckFailedError(ecu, verdict)
+        run.report("check", len(image.data))
+        response = call(
+            abort,
+            "RoutineControl 0xFF01 (check programming dependencies)",
+            client.start_routine,
+            Routine.CHECK_PROGRAMMING_DEPENDENCIES,
+        )
+        verdict = CheckStatus(self._routine_status(response, "0xFF01", CheckStatus))
+        if verdict is not CheckStatus.OK:
+            raise EcuCheckFailedError(ecu, verdict)
         if activate:
             run.report("reset", len(image.data))
             self._reset_and_verify(client, image, abort)
+        else:
+            # Staged: back to the default session (normal communication and DTC setting on).
+            call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_DEFAULT)
+
+    def _routine_status(self, response: Any, routine: str, statuses: type[IntEnum]) -> int:
+        """The first byte of a RoutineControl response's status record, one of *statuses*."""
+        record = bytes(response.service_data.routine_status_record or b"")
+        if not record:
+            raise EcuProtocolError(self.ecu.name, f"RoutineControl {routine}", "no status record")
+        if record[0] not in {int(s) for s in statuses}:
+            raise EcuProtocolError(
+                self.ecu.name, f"RoutineControl {routine}", f"unknown status 0x{record[0]:02X}"
+            )
+        return record[0]
+
+    def _running(self, client: Any, abort: threading.Event) -> ActiveImage:
+        """The image the ECU runs (DID 0xFD00) — after a reset first if its bank was invalidated
+        (a rollback interrupted before its reset): the next reset would boot the other bank
+        anyway, and until then the ECU refuses to erase that bank, its only valid one."""
+        active = ActiveImage.decode(self._read(client, abort, Did.ACTIVE_IMAGE))
+        if active.bank is None:
+            return active
+        try:
+            banks = BankSummary.decode_pair(self._read(client, abort, Did.BANKS))
+        except ValueError as e:
+            raise EcuProtocolError(self.ecu.name, "ReadDataByIdentifier 0xFD02", str(e)) from None
+        if banks[active.bank].state is not BankState.INVALID:
+            return active
+        log.info(
+            "ECU %s: its running bank %d is invalidated: reset first", self.ecu.name, active.bank
+        )
+        self._call(abort, "ECUReset", client.ecu_reset, _HARD_RESET)
+        self._wait_until_ready(client, abort)
+        return ActiveImage.decode(self._read(client, abort, Did.ACTIVE_IMAGE))
+
+    def _activate(self, client: Any, image: EcuImage, abort: threading.Event) -> None:
+        """One attempt of :meth:`activate`."""
+        call, ecu = self._call, self.ecu.name
+        call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_DEFAULT)
+        active = self._running(client, abort)
+        if active.bank is not None and active.sha256 == image.sha256:
+            log.info("ECU %s: runs version %d already", ecu, image.version)
+            return
+        status = DownloadStatus.decode(self._read(client, abort, Did.DOWNLOAD_STATUS))
+        if status.state is not BankState.VALID or status.sha256 != image.sha256:
+            raise EcuActivationError(
+                f"ECU {ecu} runs {_describe_active(active)} and holds no checked copy of version "
+                f"{image.version} to activate (never staged, or invalidated since: it failed to "
+                "boot or was rolled back)",
+                ecu=ecu,
+            )
+        self._reset_and_verify(client, image, abort)
+
+    def _roll_back(self, client: Any, image: EcuImage, abort: threading.Event) -> EcuInfo:
+        """One attempt of :meth:`roll_back`."""
+        call, ecu = self._call, self.ecu.name
+        call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_DEFAULT)
+        active = self._running(client, abort)
+        runs = active.bank is not None and active.sha256 == image.sha256
+        status = DownloadStatus.decode(self._read(client, abort, Did.DOWNLOAD_STATUS))
+        staged = status.state is BankState.VALID and status.sha256 == image.sha256
+        if not runs and not staged:
+            log.info(
+                "ECU %s: no valid copy of version %d: nothing to roll back", ecu, image.version
+            )
+            return self._read_info(client)
+        call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_EXTENDED)
+        call(abort, "DiagnosticSessionControl", client.change_session, _SESSION_PROGRAMMING)
+        call(abort, "SecurityAccess", client.unlock_security_access, self.security_level)
+        service = "RoutineControl 0xFF02 (invalidate image)"
+        try:
+            response = call(
+                abort, service, client.start_routine, Routine.INVALIDATE_IMAGE, image.sha256
+            )
+        except EcuNegativeResponseError as e:
+            if e.nrc != ResponseCode.ConditionsNotCorrect:
+                raise
+            raise EcuRollbackError(
+                f"ECU {ecu}: {service} refused to give up version {image.version}: no other "
+                f"bank holds a valid image to boot (NRC 0x22 {nrc_name(e.nrc)})",
+                ecu=ecu,
+            ) from None
+        outcome = InvalidateStatus(self._routine_status(response, "0xFF02", InvalidateStatus))
+        log.info("ECU %s: invalidate version %d: %s", ecu, image.version, outcome.description)
+        self._call(abort, "ECUReset", client.ecu_reset, _HARD_RESET)
+        self._wait_until_ready(client, abort)
+        after = ActiveImage.decode(self._read(client, abort, Did.ACTIVE_IMAGE))
+        if after.bank is None or after.sha256 == image.sha256:
+            raise EcuRollbackError(
+                f"ECU {ecu} runs {_describe_active(after)} after the rollback's reset, not the "
+                f"image before version {image.version}",
+                ecu=ecu,
+            )
+        return self._read_info(client)
 
     def _precheck(
         self, client: Any, abort: threading.Event, image: EcuImage, active: ActiveImage
@@ -1075,15 +1314,12 @@ class EcuFlasher:
         self._call(abort, "ECUReset", client.ecu_reset, _HARD_RESET)
         self._wait_until_ready(client, abort)
         active = ActiveImage.decode(self._read(client, abort, Did.ACTIVE_IMAGE))
-        if active.sha256 != image.sha256:
-            runs = (
-                "no valid image"
-                if active.bank is None
-                else f"version {active.version} in bank {active.bank}"
-            )
+        if active.sha256 != image.sha256 or active.bank is None:
             raise EcuActivationError(
-                f"ECU {self.ecu.name}: after the reset it runs {runs}, not the image flashed "
-                f"(version {image.version})"
+                f"ECU {self.ecu.name} runs {_describe_active(active)} after the reset, not "
+                f"version {image.version} (the image flashed): it did not boot and the ECU fell "
+                "back",
+                ecu=self.ecu.name,
             )
 
     def _wait_until_ready(self, client: Any, abort: threading.Event) -> None:
@@ -1130,6 +1366,13 @@ class EcuFlasher:
         )
 
 
+def _describe_active(active: ActiveImage) -> str:
+    """``version 7 (bank 0)``, or ``no valid image``."""
+    if active.bank is None:
+        return "no valid image"
+    return f"version {active.version} (bank {active.bank})"
+
+
 def _ascii(data: bytes) -> str:
     return data.rstrip(b"\x00").decode("ascii", "replace")
 
@@ -1143,11 +1386,18 @@ class _DropReported(logging.Filter):
 
 
 def _quiet_logger(ecu: str) -> str:
-    """The udsoncan logger name for *ecu* (``UdsClient[tbox.<ecu>]``), warnings filtered."""
+    """The udsoncan logger name for *ecu* (``UdsClient[tbox.<ecu>]``), warnings filtered.
+
+    udsoncan logs every request and response at INFO; in an agent that logs at INFO this would
+    be a dozen lines per flashed block, so its client and connection loggers start at WARNING
+    (set them to DEBUG to trace a session)."""
     name = f"tbox.{ecu}"
     logger = logging.getLogger(f"UdsClient[{name}]")
     if not any(isinstance(f, _DropReported) for f in logger.filters):
         logger.addFilter(_DropReported())
+    for quiet in (logger, logging.getLogger(f"Connection[{name}]")):
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.WARNING)
     return name
 
 

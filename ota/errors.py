@@ -235,4 +235,15 @@ __all__ += [
     "CampaignRequestError",
     "CampaignSequenceError",
     "CampaignStateError",
+    "EcuLaneError",
 ]
+
+
+class EcuLaneError(OtaError):
+    """Staging, activating or rolling back one ECU of a campaign failed; ``code`` is the
+    campaign's error code for it (:class:`ota.campaign.ErrorCode` value)."""
+
+    def __init__(self, ecu_id: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.ecu_id = ecu_id
+        self.code = code

@@ -225,7 +225,9 @@ def _add_run(sub: Any) -> None:
         default=[],
         metavar="[ECU:]NAME=VALUE",
         help="inject a fault: drop-response=SID@N, drop-rate=P, delay=S, power-cut-at-block=N, "
-        "power-cut-at=STEP[:N], power-off=S, corrupt-block=N (repeatable)",
+        "power-cut-at=STEP[:N], power-off=S, corrupt-block=N, boot-fails=VERSION (an image of "
+        "that version crashes at start: the ECU marks it invalid and boots the other bank) "
+        "(repeatable)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed for drop-rate (default 0)")
     p.add_argument("--duration", type=_non_negative, metavar="S", help="stop after S seconds")
@@ -497,7 +499,11 @@ def _describe(info: Any) -> str:
             f"  active: bank {active.bank}, version {active.version}, sha256 {active.sha256.hex()}"
         )
     for i, bank in enumerate(info.banks):
-        what = f"version {bank.version}" if bank.state is BankState.VALID else ""
+        what = ""
+        if bank.state is BankState.VALID:
+            what = f"version {bank.version}"
+        elif bank.state is BankState.INVALID and bank.version:
+            what = f"(was version {bank.version})"
         lines.append(f"  bank {i}: {bank.state.name.lower()} {what}".rstrip())
     fingerprint = info.fingerprint.decode("ascii", "replace")
     lines.append(f"  fingerprint: {fingerprint if any(info.fingerprint) else '(none)'}")

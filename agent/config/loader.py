@@ -35,6 +35,7 @@ from agent.config.model import (
     AgentConfig,
     BusConfig,
     CommandsConfig,
+    EcuFlashConfig,
     GnssConfig,
     IdsConfig,
     ModemConfig,
@@ -106,6 +107,15 @@ SECTIONS: Final[Mapping[str, tuple[str, ...]]] = {
     ),
     "ids": ("rules", "keys", "idsm_instance_id"),
 }
+_ECU_FLASH_KEYS: Final = (
+    "hardware_id",
+    "bus",
+    "request_id",
+    "response_id",
+    "secret_file",
+    "algorithm",
+    "security_level",
+)
 _GNSS_DEFAULTS: Final = GnssConfig(port="-")
 _MODEM_DEFAULTS: Final = ModemConfig(port="-")
 _OTA_DEFAULTS: Final = OtaConfig("http://-", "http://-", "-", Path("-"), Path("-"))
@@ -275,7 +285,7 @@ class _Builder:
         shutdown = self.shutdown(data)
         gnss = self.gnss(data)
         modem = self.modem(data)
-        ota = self.ota(data)
+        ota = self.ota(data, buses)
         ids = self.ids(data)
         config = AgentConfig(
             vehicle_id=vehicle_id,
@@ -661,7 +671,7 @@ class _Builder:
             port=port, baudrate=baudrate, poll_interval_s=poll, response_timeout_s=timeout
         )
 
-    def ota(self, data: Mapping[str, Any]) -> OtaConfig | None:
+    def ota(self, data: Mapping[str, Any], buses: Sequence[BusConfig]) -> OtaConfig | None:
         if "ota" not in data:
             return None
         from ota.target_info import identifier_problem
@@ -691,13 +701,20 @@ class _Builder:
             if root is None:
                 self.fail((*at, key), "is required: the root metadata the vehicle trusts")
             roots.append(root)
-        ecus = tbl.get("ecus", {})
-        if not isinstance(ecus, dict):
-            self.fail((*at, "ecus"), f"must be a table of ECU id = hardware id, not {_kind(ecus)}")
-        for ecu, hw in ecus.items():
-            for value in (ecu, hw):
+        table = tbl.get("ecus", {})
+        if not isinstance(table, dict):
+            self.fail((*at, "ecus"), f"must be a table of ECU id = hardware id, not {_kind(table)}")
+        ecus: dict[str, str] = {}
+        flash: dict[str, EcuFlashConfig] = {}
+        for ecu, value in table.items():
+            if (problem := identifier_problem(ecu)) is not None:
+                self.fail((*at, "ecus", ecu), problem)
+            if isinstance(value, dict):
+                ecus[ecu], flash[ecu] = self.ecu_flash(value, (*at, "ecus", ecu), buses)
+            else:
                 if (problem := identifier_problem(value)) is not None:
                     self.fail((*at, "ecus", ecu), problem)
+                ecus[ecu] = value
         command = self.string(tbl, at, "health_check")
         if command is not None and not command.strip():
             self.fail((*at, "health_check"), "is empty: give a command, or leave the key out")
@@ -709,6 +726,7 @@ class _Builder:
             director_root=roots[0],
             image_root=roots[1],
             ecus=tuple(sorted(ecus.items())),
+            flash=tuple(sorted(flash.items())),
             slots_dir=self.path(tbl, at, "slots_dir"),
             health_check=command,
             health_timeout_s=self.duration(
@@ -723,6 +741,58 @@ class _Builder:
             download_stall_s=self.duration(
                 tbl, at, "download_stall_s", d.download_stall_s, zero=False, hi=DAY
             ),
+        )
+
+    def ecu_flash(
+        self, tbl: Mapping[str, Any], at: KeyPath, buses: Sequence[BusConfig]
+    ) -> tuple[str, EcuFlashConfig]:
+        """``[ota.ecus.<id>]``: the ECU's hardware id and how to flash it."""
+        from ota.ecu_flash import SeedKeyAlgorithm
+        from ota.target_info import identifier_problem
+
+        for key in tbl:
+            if key not in _ECU_FLASH_KEYS:
+                self.fail((*at, key), _unknown_key(key, _ECU_FLASH_KEYS))
+        hardware = self.string(tbl, at, "hardware_id")
+        if hardware is None:
+            self.fail((*at, "hardware_id"), "is required: the ECU's hardware id in the targets")
+        if (problem := identifier_problem(hardware)) is not None:
+            self.fail((*at, "hardware_id"), problem)
+        names = {bus.name: bus for bus in buses}
+        bus_name = self.string(tbl, at, "bus")
+        if bus_name is None or bus_name not in names:
+            known = ", ".join(names) or "none"
+            self.fail((*at, "bus"), f"must name a [[bus]] (configured: {known})")
+        ids = []
+        for key in ("request_id", "response_id"):
+            if key not in tbl:
+                self.fail((*at, key), "is required: the ECU's ISO-TP CAN id, e.g. 0x7E0")
+            ids.append(self.integer(tbl, at, key, 0, 0, 0x1FFFFFFF))
+        if ids[0] == ids[1]:
+            self.fail((*at, "response_id"), "must differ from request_id")
+        secret = None
+        secret_path = self.existing_file(tbl, at, "secret_file")
+        if secret_path is not None:
+            try:
+                secret = secret_path.read_bytes().rstrip(b"\r\n")
+            except OSError as e:
+                self.fail((*at, "secret_file"), f"cannot be read: {e.strerror or e}")
+            if not secret:
+                self.fail((*at, "secret_file"), f"{secret_path} is empty")
+        algorithm = self.string(tbl, at, "algorithm") or SeedKeyAlgorithm.HMAC_SHA256.value
+        if algorithm not in SeedKeyAlgorithm.__members__.values():
+            choices = ", ".join(a.value for a in SeedKeyAlgorithm)
+            self.fail((*at, "algorithm"), f"{algorithm!r} is none of {choices}")
+        level = self.integer(tbl, at, "security_level", 1, 1, 0x7D)
+        if level % 2 != 1:
+            self.fail((*at, "security_level"), f"{level} must be odd (the requestSeed level)")
+        return hardware, EcuFlashConfig(
+            bus=names[bus_name].spec,
+            request_id=ids[0],
+            response_id=ids[1],
+            secret=secret,
+            algorithm=algorithm,
+            security_level=level,
         )
 
     def ids(self, data: Mapping[str, Any]) -> IdsConfig | None:

@@ -22,6 +22,7 @@ __all__ = [
     "AgentConfig",
     "BusConfig",
     "CommandsConfig",
+    "EcuFlashConfig",
     "GnssConfig",
     "IdsConfig",
     "ModemConfig",
@@ -154,6 +155,24 @@ class ModemConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EcuFlashConfig:
+    """How the agent flashes one ECU of ``[ota.ecus]`` over UDS (a table instead of a hardware id).
+
+    ``bus`` is the bus the ECU is on (a ``[[bus]]`` name, resolved to its spec at load);
+    ``request_id``/``response_id`` its ISO-TP ids; ``secret`` the SecurityAccess secret (from
+    ``secret_file``; ``None``: the simulated ECUs' bench secret), ``algorithm`` and
+    ``security_level`` as for ``tbox flash``.
+    """
+
+    bus: BusSpec
+    request_id: int
+    response_id: int
+    secret: bytes | None = None
+    algorithm: str = "hmac-sha256"
+    security_level: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class OtaConfig:
     """``[ota]``: over-the-air updates of the T-box's own software (Uptane-style).
 
@@ -161,7 +180,8 @@ class OtaConfig:
     ``director_root`` and ``image_root``; campaigns arrive as ``cmd/ota`` commands and install
     into the A/B slots under ``slots_dir`` (``None``: ``<state_dir>/slots``), which
     ``tbox ota slots provision`` prepares. ``ecus`` are the ECUs behind the T-box (ECU id,
-    hardware id) that the director may assign images to. ``health_check`` is a command that must
+    hardware id) that the director may assign images to; ``flash`` those of them the agent
+    flashes in campaigns (all or nothing, ADR 0012). ``health_check`` is a command that must
     exit 0 on the new software before it is committed (``None``: the agent running again is the
     check).
     ``boot_on_start``: the agent plays the bootloader's part (counting boot attempts) at start,
@@ -174,6 +194,7 @@ class OtaConfig:
     director_root: Path
     image_root: Path
     ecus: tuple[tuple[str, str], ...] = ()
+    flash: tuple[tuple[str, EcuFlashConfig], ...] = ()
     slots_dir: Path | None = None
     health_check: str | None = None
     health_timeout_s: float = 60.0

@@ -24,6 +24,7 @@ from agent.config.model import (
     AgentConfig,
     BusConfig,
     CommandsConfig,
+    EcuFlashConfig,
     MqttConfig,
     OtaConfig,
     QueueConfig,
@@ -32,8 +33,10 @@ from agent.config.model import (
 from agent.proto.tbox.v1 import CommandResult, OtaStatus
 from agent.service import AgentService, running
 from can_dbc import SAMPLE_VEHICLE_DBC
+from firmware_stub import EcuHost
 from ota.ab_installer import AbInstaller
 from tests.agent.test_service import _until
+from tests.firmware_stub.support import BMS, ecu_config, make_image
 from tests.mosquitto_broker import MosquittoBroker, mosquitto_binary
 from tests.ota.ab_crash_child import image_file
 from tests.ota.test_update_client import BMS_FW, ROOTFS, Bench, make_bench
@@ -55,6 +58,9 @@ def bench(work: Path) -> Iterator[Bench]:
     made = make_bench(work)
     with made.server:
         yield made
+
+
+_ENDS = (OtaStatus.STATE_COMMITTED, OtaStatus.STATE_FAILED, OtaStatus.STATE_ROLLED_BACK)
 
 
 class _Backend:
@@ -93,18 +99,14 @@ async def _backend(port: int) -> AsyncIterator[_Backend]:
             await task
 
 
-def _config(work: Path, bench: Bench, port: int, pub: Path) -> AgentConfig:
+def _config(work: Path, bench: Bench, port: int, pub: Path, bus: str) -> AgentConfig:
     client = bench.config(VEHICLE)
     state = work / "state"
+    spec = parse_bus_url(bus)
     return AgentConfig(
         vehicle_id=VEHICLE,
         state_dir=state,
-        buses=(
-            BusConfig(
-                parse_bus_url(f"virtual://ota-{time.monotonic_ns()}?name=can0"),
-                (Path(SAMPLE_VEHICLE_DBC),),
-            ),
-        ),
+        buses=(BusConfig(spec, (Path(SAMPLE_VEHICLE_DBC),)),),
         queue=QueueConfig(state / "queue.db"),
         status=StatusConfig(work / "status.sock"),
         mqtt=MqttConfig(host="127.0.0.1", port=port, keepalive_s=5, backoff_max_s=1.0),
@@ -116,6 +118,8 @@ def _config(work: Path, bench: Bench, port: int, pub: Path) -> AgentConfig:
             director_root=client.director_root,
             image_root=client.image_root,
             ecus=tuple(client.ecus.items()),
+            # the ECU behind the T-box, on the agent's bus: flashed in the same campaign
+            flash=(("bms", EcuFlashConfig(spec, request_id=0x7E0, response_id=0x7E8)),),
             slots_dir=work / "slots",
             health_check="test -d /",
             min_bytes_per_s=0,
@@ -138,9 +142,15 @@ async def test_a_signed_campaign_is_installed_committed_and_reported(
     factory.mkdir()
     AbInstaller(work / "slots").provision(*image_file(factory, 11), 11, version="factory")
     (work / "broker").mkdir()
+    bus = f"virtual://ota-{time.monotonic_ns()}?name=can0"
+    ecu = ecu_config(BMS, factory=make_image(1, hardware_id="bms"))
     with MosquittoBroker(work / "broker") as broker:
-        config = _config(work, bench, broker.port, pub)
-        async with _backend(broker.port) as backend, running(AgentService(config)) as service:
+        config = _config(work, bench, broker.port, pub, bus)
+        async with (
+            EcuHost(bus, [ecu], state_dir=work / "ecus"),
+            _backend(broker.port) as backend,
+            running(AgentService(config)) as service,
+        ):
             assert backend.client is not None
             command = make_command(
                 "ota", json.dumps({"campaign_id": "rollout-12"}).encode(), vehicle_id=VEHICLE
@@ -149,11 +159,7 @@ async def test_a_signed_campaign_is_installed_committed_and_reported(
                 PREFIX + "cmd/ota", sign_command(key, "ops", command), qos=1
             )
             await _until(
-                lambda: any(
-                    s.state in (OtaStatus.STATE_COMMITTED, OtaStatus.STATE_FAILED)
-                    and s.target != "bms"
-                    for s in backend.statuses
-                ),
+                lambda: any(s.state in _ENDS and s.target == "host" for s in backend.statuses),
                 within=60,
             )
             snapshot = service.snapshot()
@@ -173,13 +179,14 @@ async def test_a_signed_campaign_is_installed_committed_and_reported(
         assert all(s.correlation_id == command.command_id for s in backend.statuses)
         sequences = [s.sequence for s in backend.statuses]
         assert sequences == sorted(set(sequences))
-        # The ECU image is not the T-box's to install (issue 5): reported, never downloaded.
-        bms = [s for s in backend.statuses if s.target == "bms"]
-        assert [(s.state, s.error_code) for s in bms] == [
-            (OtaStatus.STATE_FAILED, "unsupported_image_kind")
-        ]
-        assert BMS_FW in bms[0].detail
+        # The ECU image was flashed in the same campaign, in its own lane (issue 5).
+        bms = [s.state for s in backend.statuses if s.target == "bms"]
+        assert bms[0] == OtaStatus.STATE_DOWNLOADING and bms[-1] == OtaStatus.STATE_COMMITTED
+        assert OtaStatus.STATE_ACTIVATING in bms
+        assert BMS_FW in next(s.detail for s in backend.statuses if s.target == "bms")
         assert snapshot["ota"]["campaign"]["step"] == "committed"
+        meta = json.loads((work / "ecus" / "bms" / "meta.json").read_text())
+        assert meta["banks"][meta["active"]]["version"] == 3
 
         # The committed slot holds the director's image byte for byte, and a restart of the
         # agent (a reboot of the simulated T-box) boots it and changes nothing.

@@ -9,7 +9,9 @@ state is new) and a tester that
        progress and check_failed),
     2  flashes version 2 (erase, blocks, progress, validity flag, fingerprint, reset and the
        active bank switch),
-    3  clears the DTCs (ClearDiagnosticInformation).
+    3  clears the DTCs (ClearDiagnosticInformation),
+    4  rolls version 2 back (RoutineControl 0xFF02 invalidates its bank, the reset boots
+       version 1 again: reaches the invalidation and the active bank switch).
 
 It prints ``step N done`` after each (flushed; a crash point exits without flushing). With
 ``TBOX_CRASHPOINT=<ecu.name>:<n>`` the process exits 137 there, as a power cut would.
@@ -79,6 +81,8 @@ async def main(state_dir: Path) -> None:
         print("step 2 done", flush=True)
         await asyncio.to_thread(clear_dtcs, url)
         print("step 3 done", flush=True)
+        await flasher(url).roll_back(EcuImage.from_bytes(V2))
+        print("step 4 done", flush=True)
 
 
 if __name__ == "__main__":

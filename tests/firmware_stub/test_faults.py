@@ -36,6 +36,8 @@ def test_faults_apply_to_every_ecu_or_to_the_one_named() -> None:
         ("delay=-1", "not a valid value"),
         ("power-cut-at-block=0", "not a valid value"),
         ("power-cut-at=queue.before_commit", "not an ECU persistence step"),
+        ("boot-fails=-1", "not a valid value"),
+        ("boot-fails=v8", "not a valid value"),
         ("melt=1", "unknown fault 'melt'"),
     ],
 )
@@ -74,3 +76,12 @@ def test_power_cuts_and_corruption_fire_once_per_process() -> None:
     cut = FaultState(FaultPlan(power_cut_at_block=2))
     assert [cut.block(b"x")[1] for _ in range(3)] == [False, True, False]
     assert cut.power_cuts == 1
+
+
+def test_boot_fails_names_versions_that_crash_at_every_start() -> None:
+    plans = parse_faults(["adas:boot-fails=8", "adas:boot-fails=9"], ["bms", "adas"])
+    assert plans["adas"].boot_fails == frozenset({8, 9}) and plans["adas"].any
+    assert plans["bms"] == FaultPlan()
+    state = FaultState(plans["adas"])
+    assert [state.boot_fails(v) for v in (7, 8, 8, 9)] == [False, True, True, True]
+    assert state.boot_failures == 3

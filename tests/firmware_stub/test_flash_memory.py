@@ -16,6 +16,7 @@ from firmware_stub.faults import FaultPlan, FaultState
 from firmware_stub.flash import (
     DTC_BOOT_VERIFICATION,
     DTC_CHECK_FAILED,
+    DTC_START_FAILED,
     FLASH_FILE,
     META_FILE,
     FlashMemory,
@@ -222,12 +223,16 @@ def test_unusable_state_is_a_clear_error(tmp_path: Path) -> None:
 # --- power cuts --------------------------------------------------------------------------------
 
 STEPS = sorted(p.name for p in all_crashpoints() if p.name.startswith("ecu."))
-UPDATE_STEPS = [s for s in STEPS if "provision" not in s and "fingerprint" not in s]
+ROLLBACK_STEPS = [s for s in STEPS if "invalidate" in s]
+UPDATE_STEPS = [
+    s for s in STEPS if "provision" not in s and "fingerprint" not in s and s not in ROLLBACK_STEPS
+]
 
 
 def test_every_persistence_step_is_a_declared_crash_point() -> None:
     assert "ecu.block_written" in STEPS and "ecu.after_validity_flag" in STEPS
-    assert len(STEPS) == 20
+    assert ROLLBACK_STEPS == ["ecu.after_invalidate", "ecu.before_invalidate"]
+    assert len(STEPS) == 22
 
 
 @pytest.mark.parametrize("step", UPDATE_STEPS)
@@ -311,3 +316,95 @@ def test_a_torn_block_is_rewritten_on_resume(tmp_path: Path) -> None:
     assert mem.check(1) is CheckStatus.OK
     assert mem.boot().version == 2
     mem.close()
+
+
+# --- rollback: invalidating a bank ------------------------------------------------------------
+
+
+def test_invalidating_the_active_bank_boots_the_fallback_at_the_next_boot(
+    flash: FlashMemory, tmp_path: Path
+) -> None:
+    assert program(flash, make_image(2, 5000)) is CheckStatus.OK
+    flash.boot()
+    assert flash.meta.active == 1
+    assert flash.invalidate(1)
+    # It keeps running until the next boot; the metadata says so, and survives a reopen.
+    assert flash.meta.active == 1 and flash.meta.banks[1].state is BankState.INVALID
+    assert flash.meta.banks[1].version == 2  # what it held stays on record
+    with pytest.raises(ValueError, match="runs invalidated"):
+        flash.erase(0)  # the only valid bank
+    flash.close()
+    again = memory(tmp_path)
+    again.open()
+    report = again.boot()
+    assert (report.active, report.version, report.switched, report.rejected) == (0, 1, True, ())
+    assert again.meta.dtcs == ()  # a rollback is no fault
+    assert again.meta.target == 1
+    assert program(again, make_image(3, 4000)) is CheckStatus.OK  # the next update goes on
+    again.close()
+
+
+def test_invalidating_a_staged_bank_keeps_the_running_one(flash: FlashMemory) -> None:
+    assert program(flash, make_image(2, 5000)) is CheckStatus.OK
+    assert flash.invalidate(1)
+    assert flash.meta.active == 0
+    assert flash.boot().active == 0
+    assert flash.invalidate(1)  # already invalid: nothing to do
+    assert flash.meta.banks[1].state is BankState.INVALID
+
+
+def test_invalidate_refuses_to_leave_no_valid_bank(flash: FlashMemory, tmp_path: Path) -> None:
+    assert not flash.invalidate(0)  # the only valid bank
+    assert flash.meta.banks[0].state is BankState.VALID
+    with pytest.raises(ValueError, match="no valid image"):
+        flash.invalidate(1)  # empty
+    assert program(flash, make_image(1, 3000)) is CheckStatus.OK  # the same image again
+    assert not flash.invalidate(1)  # the fallback would be the same image
+    program(flash, make_image(2, 5000))
+    flash.boot()
+    flash.close()
+    with (tmp_path / "bms" / FLASH_FILE).open("r+b") as f:  # the fallback rots
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    mem = memory(tmp_path)
+    mem.open()
+    assert not mem.invalidate(1)
+    assert mem.meta.banks[1].state is BankState.VALID and mem.boot().active == 1
+    mem.close()
+
+
+@pytest.mark.parametrize("step", ROLLBACK_STEPS)
+def test_a_power_cut_while_invalidating_leaves_a_bootable_bank(tmp_path: Path, step: str) -> None:
+    mem = memory(tmp_path, FaultState(FaultPlan(power_cut_at=(step, 1))))
+    mem.open(factory_image=make_image(1))
+    mem.boot()
+    program(mem, make_image(2, 4000))
+    mem.boot()
+    with pytest.raises(PowerCut):
+        mem.invalidate(1)
+    mem.reload()
+    report = mem.boot()
+    # Before the rename: version 2 is still valid and boots; after: the fallback boots.
+    assert (report.active, report.version) == ((1, 2) if "before" in step else (0, 1))
+    if mem.meta.banks[1].state is BankState.VALID:  # what a resuming tester does
+        assert mem.invalidate(1)
+        assert mem.boot().version == 1
+    assert mem.meta.banks[0].state is BankState.VALID
+    mem.close()
+
+
+def test_an_image_that_crashes_at_start_is_invalidated_with_a_dtc(tmp_path: Path) -> None:
+    faults = FaultState(FaultPlan(boot_fails=frozenset({2})))
+    mem = memory(tmp_path, faults)
+    mem.open(factory_image=make_image(1))
+    mem.boot()
+    assert program(mem, make_image(2, 4000)) is CheckStatus.OK  # it checks out …
+    report = mem.boot()  # … and crashes at start
+    assert (report.active, report.version, report.crashed, report.rejected) == (0, 1, (1,), ())
+    assert mem.meta.banks[1].state is BankState.INVALID
+    assert mem.meta.dtcs == (DTC_START_FAILED,)
+    mem.close()
+    again = memory(tmp_path, faults)
+    again.open()
+    assert again.boot().active == 0 and faults.boot_failures == 1  # persistently invalid
+    again.close()

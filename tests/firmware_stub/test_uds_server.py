@@ -16,6 +16,7 @@ from firmware_stub.uds import (
     Decision,
     Download,
     EraseBank,
+    InvalidateBank,
     ServerConfig,
     ServerState,
     Session,
@@ -27,6 +28,7 @@ from ota.ecu_flash import (
     DID_LENGTHS,
     ActiveImage,
     BankState,
+    BankSummary,
     CheckStatus,
     DownloadStatus,
     SeedKeyAlgorithm,
@@ -46,6 +48,10 @@ V1 = BankRecord(
     state=BankState.VALID, length=100, written=100, version=1, sha256=b"\x11" * 32, sequence=1
 )
 RUNNING_V1 = replace(EMPTY.with_bank(0, V1), active=0, sequence=1)  # target: bank 1
+V2 = replace(V1, version=2, sha256=b"\x22" * 32, sequence=2)
+STAGED_V2 = replace(RUNNING_V1.with_bank(1, V2), sequence=2)  # checked, not booted
+RUNNING_V2 = replace(STAGED_V2, active=1)  # the fallback: version 1 in bank 0
+INVALIDATE = "3101FF02"
 
 DEFAULT = ServerState()
 EXTENDED = ServerState(session=Session.EXTENDED)
@@ -241,6 +247,63 @@ def test_a_repeated_check_of_a_valid_bank_answers_ok_without_checking_again() ->
     assert d.effect is None and positive(d) == bytes.fromhex("7101FF0100")
 
 
+def test_invalidate_needs_programming_security_and_a_sha256() -> None:
+    sha = (b"\x22" * 32).hex()
+    assert nrc(ask(DEFAULT, INVALIDATE + sha, flash=RUNNING_V2)) == SNSIAS
+    assert nrc(ask(EXTENDED, INVALIDATE + sha, flash=RUNNING_V2)) == ROOR  # not in this session
+    assert nrc(ask(PROGRAMMING, INVALIDATE + sha, flash=RUNNING_V2)) == SAD
+    assert nrc(ask(UNLOCKED, INVALIDATE, flash=RUNNING_V2)) == IMLOIF  # no record
+    assert nrc(ask(UNLOCKED, INVALIDATE + sha[:-2], flash=RUNNING_V2)) == IMLOIF  # 31 bytes
+    assert nrc(ask(UNLOCKED, INVALIDATE + sha + "00", flash=RUNNING_V2)) == IMLOIF  # 33 bytes
+    assert nrc(ask(UNLOCKED, "3102FF02" + sha, flash=RUNNING_V2)) == SFNS  # stop: unsupported
+    assert nrc(ask(UNLOCKED, "3103FF02" + sha, flash=RUNNING_V2)) == SFNS  # results: likewise
+    download = Download(bank=0, address=0, length=10, offset=0, counter=1, max_block=258)
+    busy = replace(UNLOCKED, download=download)
+    assert nrc(ask(busy, INVALIDATE + sha, flash=RUNNING_V2)) == CNC
+
+
+def test_invalidate_marks_the_bank_holding_the_image_the_running_or_the_staged_one() -> None:
+    sha = (b"\x22" * 32).hex()
+    for flash in (RUNNING_V2, STAGED_V2):
+        d = ask(UNLOCKED, INVALIDATE + sha, flash=flash)
+        assert d.effect == InvalidateBank(1) and d.pending and d.response is None
+        done = SERVER.complete(d, True, 2.0)
+        assert done.response == bytes.fromhex("7101FF0200")
+        assert done.state.last_request == 2.0
+        # The effect found that the other bank does not verify: nothing would boot.
+        assert nrc(SERVER.complete(d, False, 2.0)) == CNC
+    suppressed = ask(UNLOCKED, "3181FF02" + sha, flash=RUNNING_V2)
+    assert suppressed.pending and not suppressed.suppressed  # a slow step is always answered
+
+
+def test_invalidate_never_leaves_the_ecu_without_another_valid_image() -> None:
+    only = (b"\x11" * 32).hex()
+    assert nrc(ask(UNLOCKED, INVALIDATE + only, flash=RUNNING_V1)) == CNC
+    twins = RUNNING_V1.with_bank(1, replace(V1, sequence=2))  # the same image in both banks
+    assert nrc(ask(UNLOCKED, INVALIDATE + only, flash=twins)) == CNC
+    rotten = RUNNING_V2.with_bank(0, replace(V1, state=BankState.INVALID))
+    assert nrc(ask(UNLOCKED, INVALIDATE + (b"\x22" * 32).hex(), flash=rotten)) == CNC
+
+
+def test_invalidate_is_idempotent_and_says_when_there_is_nothing_to_do() -> None:
+    gone = RUNNING_V2.with_bank(1, replace(V2, state=BankState.INVALID))  # until the next reset
+    d = ask(UNLOCKED, INVALIDATE + (b"\x22" * 32).hex(), flash=gone)
+    assert positive(d) == bytes.fromhex("7101FF0200") and d.effect is None
+    d = ask(UNLOCKED, INVALIDATE + (b"\x33" * 32).hex(), flash=RUNNING_V2)
+    assert positive(d) == bytes.fromhex("7101FF0201") and d.effect is None
+    nothing = ask(UNLOCKED, INVALIDATE + bytes(32).hex(), flash=EMPTY)
+    assert positive(nothing) == bytes.fromhex("7101FF0201")
+
+
+def test_an_invalidated_running_bank_blocks_erasing_the_other_until_a_reset() -> None:
+    gone = RUNNING_V2.with_bank(1, replace(V2, state=BankState.INVALID))
+    assert nrc(ask(UNLOCKED, "3101FF00", flash=gone)) == CNC
+    banks = BankSummary.decode_pair(positive(ask(DEFAULT, "22FD02", flash=gone))[3:])
+    assert banks == (BankSummary(BankState.VALID, 1), BankSummary(BankState.INVALID, 2))
+    running = ActiveImage.decode(positive(ask(DEFAULT, "22FD00", flash=gone))[3:])
+    assert running == ActiveImage(1, 2, b"\x22" * 32)  # it still runs, until the reset
+
+
 def test_control_dtc_setting_off_keeps_a_failed_check_out_of_the_dtcs() -> None:
     state = ask(UNLOCKED, "8502").state
     assert not state.dtc_setting_on
@@ -387,7 +450,7 @@ def test_dtcs_are_read_and_cleared() -> None:
     assert positive(ask(DEFAULT, "1902FF")) == bytes.fromhex("5902 09")
     assert positive(ask(DEFAULT, "1901FF", flash=flash)) == bytes.fromhex("5901 09 01 0001")
     assert positive(ask(DEFAULT, "190A", flash=flash)) == bytes.fromhex(
-        "590A 09 F00010 09 F00020 00"
+        "590A 09 F00010 09 F00020 00 F00030 00"
     )
     assert nrc(ask(DEFAULT, "1982FF")) == SFNS  # no suppress bit in this service
     assert nrc(ask(DEFAULT, "1902")) == IMLOIF
@@ -481,6 +544,7 @@ flashes = st.sampled_from(
         EMPTY,
         ERASED,
         RUNNING_V1,
+        RUNNING_V2,
         EMPTY.with_bank(0, BankRecord(state=BankState.WRITING, length=10, written=10)),
         replace(EMPTY, dtcs=(DTC_CHECK_FAILED,)),
     ]
@@ -495,8 +559,9 @@ def test_arbitrary_bytes_never_crash_the_server(
     d = SERVER.handle(state, payload, 1.0, flash)
     assert isinstance(d.state, ServerState)
     if d.response is None:
-        # Only an empty request, a suppressed positive answer or a slow check answers nothing.
-        assert not payload or d.suppressed or isinstance(d.effect, CheckBank)
+        # Only an empty request, a suppressed positive answer or a slow check or invalidation
+        # (answered once done) answers nothing.
+        assert not payload or d.suppressed or isinstance(d.effect, CheckBank | InvalidateBank)
         return
     if d.response[0] == 0x7F:
         assert len(d.response) == 3 and d.response[1] == payload[0]

@@ -6,12 +6,16 @@ WORK holds ``slots/`` (provisioned by the test with release 1, see :func:`prepar
 images an update source serves (``images/``), the campaign store (``state/``), the upload queue
 (``queue.db``) and the sequence file. The child submits campaign ``c-<SCENARIO>`` (the same body
 in every run: a restarted child gets "already received" and goes on with the resumed campaign)
-for every assigned target — release 2 of the T-box image and an ECU image — and waits until it
-ends, printing ``final <step> <error_code>``. Scenarios:
+for every assigned target — release 2 of the T-box image, and in the ``ecus`` scenarios version
+2 for each of three simulated ECUs (firmware_stub, running in this process on a virtual bus with
+their flash under ``ecus/``: a crash of the child is a power cut of the whole vehicle) — and
+waits until it ends, printing ``final <step> <error_code>``. Scenarios:
 
-    commit    the health check passes: committed
-    rollback  the health check fails: rolled back
-    corrupt   like commit, but the test left an unreadable campaign file for it to move aside
+    commit     the health check passes: committed
+    rollback   the health check fails: rolled back
+    corrupt    like commit, but the test left an unreadable campaign file for it to move aside
+    ecus       three ECUs and the T-box: committed
+    ecus-fail  the third ECU's version 2 fails to boot: every ECU and the T-box rolled back
 
 Two append-only logs tell the test what work was done across runs (written with ``os.write``
 on ``O_APPEND`` files, so that a crash point's exit loses nothing already said):
@@ -25,6 +29,7 @@ With ``CHILD_REPORT_HITS=1`` it prints ``hits <name> <n>`` for every crash point
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +38,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.crashpoints import all_crashpoints
 from agent.durable_file import fsync_dir
@@ -45,10 +51,15 @@ from ota.errors import OtaVerificationError
 from ota.slot_state import SlotStatus
 from tests.ota.ab_crash_child import CHUNK_SIZE, FixedCheck, image_file
 
+if TYPE_CHECKING:
+    from firmware_stub import EcuConfig
+    from ota.ecu_fleet import EcuFleet
+
 VEHICLE = "VIN-CAMPAIGN"
 MAX_ATTEMPTS = 3
 HOST_IMAGE = "tbox/rootfs-2.img"
-ECU_IMAGE = "bms/firmware-7.bin"
+ECU_NAMES = ("bms", "vcu", "adas")
+ECU_BUS = "virtual://campaign-crash-ecus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,17 +186,50 @@ class LoggingInstaller(AbInstaller):
         return status
 
 
-def targets(work: Path) -> list[LocalTarget]:
-    """What the director assigns in every run: release 2 of the T-box and an ECU image."""
+def targets(work: Path, scenario: str) -> list[LocalTarget]:
+    """What the director assigns in every run: release 2 of the T-box (and of each ECU)."""
     images = work / "images"
     host, _, _ = image_file(images, 2)
-    ecu = images / "bms-7.bin"
-    if not ecu.exists():
-        ecu.write_bytes(b"bms firmware 7\n" * 64)
-    return [
-        LocalTarget.of_file(HOST_IMAGE, host, 2),
-        LocalTarget.of_file(ECU_IMAGE, ecu, 7, ecu_id="bms"),
+    planned = [LocalTarget.of_file(HOST_IMAGE, host, 2)]
+    if scenario.startswith("ecus"):
+        from tests.firmware_stub.support import make_image
+
+        for name in ECU_NAMES:
+            path = images / f"{name}-2.img"
+            if not path.exists():
+                path.write_bytes(make_image(2, 4000, hardware_id=name))
+            planned.insert(0, LocalTarget.of_file(f"{name}/fw-2.img", path, 2, ecu_id=name))
+    return planned
+
+
+def ecu_configs(scenario: str) -> list[EcuConfig]:
+    """The three ECUs, version 1 from the factory; adas's version 2 crashes at start in
+    ``ecus-fail``."""
+    from firmware_stub import FaultPlan
+    from ota.ecu_flash import EcuAddress
+    from tests.firmware_stub.support import ecu_config, make_image
+
+    configs = []
+    for index, name in enumerate(ECU_NAMES):
+        faults = FaultPlan()
+        if scenario == "ecus-fail" and name == "adas":
+            faults = FaultPlan(boot_fails=frozenset({2}))
+        address = EcuAddress(name, 0x7E0 + index, 0x7E8 + index)
+        configs.append(
+            ecu_config(address, factory=make_image(1, 4000, hardware_id=name), faults=faults)
+        )
+    return configs
+
+
+def fleet() -> EcuFleet:
+    """The T-box's view of the three ECUs."""
+    from ota.ecu_fleet import EcuEndpoint, EcuFleet
+    from tests.firmware_stub.support import QUICK
+
+    endpoints = [
+        EcuEndpoint(name, ECU_BUS, 0x7E0 + i, 0x7E8 + i) for i, name in enumerate(ECU_NAMES)
     ]
+    return EcuFleet(endpoints, timing=QUICK)
 
 
 def prepare(work: Path, scenario: str) -> None:
@@ -211,18 +255,27 @@ def runner(work: Path, queue: UploadQueue, scenario: str) -> CampaignRunner:
     return CampaignRunner(
         CampaignStore(work / "state"),
         LoggingInstaller(work / "slots", work / "install.log"),
-        LocalSource(targets(work), fetch_log=work / "fetch.log"),
+        LocalSource(targets(work, scenario), fetch_log=work / "fetch.log"),
         queue,
         health_check=FixedCheck(scenario != "rollback"),
         vehicle_id=VEHICLE,
         next_sequence=counter.next,
         progress_interval_s=0.0,  # every chunk: deterministic crash point counts
+        ecus=fleet() if scenario.startswith("ecus") else None,
     )
 
 
 async def main(work: Path, scenario: str) -> None:
     """Run the campaign to its end (see the module's docstring)."""
-    async with UploadQueue(work / "queue.db") as queue, runner(work, queue, scenario) as r:
+    async with contextlib.AsyncExitStack() as stack:
+        if scenario.startswith("ecus"):
+            from firmware_stub import EcuHost
+
+            await stack.enter_async_context(
+                EcuHost(ECU_BUS, ecu_configs(scenario), state_dir=work / "ecus")
+            )
+        queue = await stack.enter_async_context(UploadQueue(work / "queue.db"))
+        r = await stack.enter_async_context(runner(work, queue, scenario))
         await r.submit(body(scenario), command_id="cmd-1")
         final = await r.wait_idle()
     assert final is not None

@@ -29,13 +29,21 @@ from ota.campaign import (
     Commit,
     CommitDone,
     DownloadDone,
+    EcuActivated,
+    EcuDownloaded,
+    EcuFailed,
+    EcuRolledBack,
+    EcuStaged,
+    EcuStaging,
     ErrorCode,
     Event,
     Failed,
     Install,
     InstallDone,
     InstallRetried,
+    LanePhase,
     PlanChosen,
+    RollBackEcu,
     RolledBack,
     Step,
     TargetRef,
@@ -48,6 +56,7 @@ from ota.campaign import (
     error_code_for,
     find_target,
     install_decision,
+    lane_action,
     leftover_rollback,
     parse_campaign,
     parse_request,
@@ -94,6 +103,7 @@ def sha(n: int) -> str:
 HOST_2 = TargetRef("tbox/rootfs-2.img", sha(2), 2000, 2, ImageKind.TBOX)
 HOST_3 = TargetRef("tbox/rootfs-3.img", sha(3), 3000, 3, ImageKind.TBOX)
 ECU_7 = TargetRef("bms/fw-7.bin", sha(7), 700, 7, ImageKind.ECU, "bms")
+VCU_4 = TargetRef("vcu/fw-4.bin", sha(4), 400, 4, ImageKind.ECU, "vcu")
 
 
 def received(**request: Any) -> Campaign:
@@ -236,7 +246,7 @@ def test_a_campaign_goes_through_every_step_with_one_event_each() -> None:
     assert "deadline 2026-12-31T23:00:00+00:00" in c.detail
     c = sent(c)
     steps: list[tuple[Event, list[Step]]] = [
-        (PlanChosen(HOST_2, (ECU_7,)), [Step.FAILED, Step.DOWNLOADING]),
+        (PlanChosen(HOST_2), [Step.DOWNLOADING]),
         (DownloadDone("/d/rootfs-2.img"), [Step.VERIFYING]),
         (VerifyPassed(), [Step.INSTALLING]),
         (InstallDone(), [Step.ACTIVATING]),
@@ -251,20 +261,126 @@ def test_a_campaign_goes_through_every_step_with_one_event_each() -> None:
     assert c.step is Step.COMMITTED and c.download is None and c.error_code == ""
 
 
-def test_ecu_images_get_a_failed_event_in_their_own_lane() -> None:
-    c = run(received(), PlanChosen(HOST_2, (ECU_7,)))
-    ecu, host = c.outbox[1:]
-    assert (ecu.state, ecu.target, ecu.error_code) == (
-        Step.FAILED,
-        "bms",
-        ErrorCode.UNSUPPORTED_IMAGE_KIND,
+def _lanes(c: Campaign) -> dict[str, LanePhase]:
+    return {lane.ecu_id: lane.phase for lane in c.ecus}
+
+
+def _staged_pair() -> Campaign:
+    return run(
+        received(),
+        PlanChosen(HOST_2, (ECU_7, VCU_4)),
+        EcuDownloaded("bms", "/d/bms"),
+        EcuDownloaded("vcu", "/d/vcu"),
+        DownloadDone("/d/host"),
+        VerifyPassed(),
+        EcuStaging("bms"),
+        EcuStaged("bms"),
+        EcuStaging("vcu"),
+        EcuStaged("vcu"),
     )
-    assert "does not flash ECUs" in ecu.detail
-    assert (host.state, host.target, host.bytes_total) == (Step.DOWNLOADING, HOST, 2000)
-    only_ecu = run(received(), PlanChosen(None, (ECU_7,)))
-    assert only_ecu.step is Step.FAILED
-    assert only_ecu.error_code == ErrorCode.UNSUPPORTED_IMAGE_KIND
-    assert [e.target for e in only_ecu.outbox] == [HOST, "bms", HOST]
+
+
+def test_ecu_lanes_go_through_every_phase_with_events_in_their_lanes() -> None:
+    c = sent(run(received(), PlanChosen(HOST_2, (ECU_7, VCU_4))))
+    assert c.step is Step.DOWNLOADING and _lanes(c) == {"bms": "planned", "vcu": "planned"}
+    assert lane_action(c) is None  # downloads are the runner's, in lane order
+    with pytest.raises(CampaignSequenceError, match="not downloaded"):
+        run(c, DownloadDone("/d/host"))
+    c = run(c, EcuDownloaded("bms", "/d/bms"), EcuDownloaded("vcu", "/d/vcu"))
+    assert [(e.target, e.bytes_done) for e in c.outbox] == [("bms", 700), ("vcu", 400)]
+    c = sent(run(c, DownloadDone("/d/host"), VerifyPassed()))
+    assert c.step is Step.INSTALLING and "staging bms, vcu" in c.detail
+    action = lane_action(c)
+    assert isinstance(action, type(lane_action(c))) and action is not None
+    assert action.lane.ecu_id == "bms"
+    with pytest.raises(CampaignSequenceError, match="has not staged"):
+        run(c, InstallDone())
+    with pytest.raises(CampaignSequenceError, match="bms is downloaded, not staging"):
+        run(c, EcuStaged("bms"))  # flashed without saying so first
+    c = run(c, EcuStaging("bms"))
+    assert _lanes(c)["bms"] == "staging" and lane_action(c) == action.__class__(c.lane("bms"))
+    with pytest.raises(CampaignSequenceError, match="bms is staging, not downloaded"):
+        run(c, EcuStaged("bms", unchanged=True))  # a staged image the ECU booted is ours
+    c = sent(run(c, EcuStaged("bms"), EcuStaged("vcu", unchanged=True), InstallDone()))
+    assert _lanes(c) == {"bms": "staged", "vcu": "unchanged"}
+    activate = lane_action(c)
+    assert activate is not None and activate.lane.ecu_id == "bms"
+    with pytest.raises(CampaignSequenceError, match="does not run its image"):
+        run(c, CommitDone())
+    c = run(c, EcuActivated("bms"), CommitDone())
+    assert c.step is Step.COMMITTED and _lanes(c) == {"bms": "committed", "vcu": "unchanged"}
+    assert [(e.state, e.target) for e in c.outbox] == [
+        (Step.ACTIVATING, "bms"),
+        (Step.COMMITTED, "bms"),
+        (Step.COMMITTED, HOST),
+    ]
+    assert campaign_problem(c) is None
+
+
+def test_an_ecu_only_campaign_needs_no_t_box_image() -> None:
+    c = run(received(), PlanChosen(None, (ECU_7,)), EcuDownloaded("bms", "/d/bms"))
+    with pytest.raises(CampaignSequenceError, match="only a T-box image"):
+        run(c, DownloadDone("/d/host"))
+    c = run(
+        c, DownloadDone(None), VerifyPassed(), EcuStaging("bms"), EcuStaged("bms"), InstallDone()
+    )
+    assert c.step is Step.ACTIVATING and c.download is None
+    c = run(c, EcuActivated("bms"), CommitDone())
+    assert c.step is Step.COMMITTED and campaign_problem(c) is None
+
+
+def test_a_failing_ecu_rolls_every_lane_back_before_the_campaign_ends() -> None:
+    c = sent(run(_staged_pair(), InstallDone(), EcuActivated("bms")))
+    # the third lane of three in the README; here the second of two fails at activation
+    c = run(c, EcuFailed("vcu", ErrorCode.ECU_ACTIVATION_FAILED, "runs version 3 after reset"))
+    assert c.abort is not None and c.abort.code is ErrorCode.ECU_ACTIVATION_FAILED
+    assert not c.final and _lanes(c) == {"bms": "activated", "vcu": "failed"}
+    failed = c.outbox[-1]
+    assert (failed.state, failed.target, failed.error_code) == (
+        Step.FAILED,
+        "vcu",
+        "ecu_activation_failed",
+    )
+    # ending it now only records (again) that it rolls back: the lanes go first
+    assert run(c, RolledBack(ErrorCode.STALLED, "later")).abort == c.abort
+    with pytest.raises(CampaignSequenceError, match="rolling back"):
+        run(c, CommitDone())
+    first = lane_action(c)
+    assert isinstance(first, RollBackEcu) and first.lane.ecu_id == "vcu"  # last lane first
+    c = run(c, EcuRolledBack("vcu", True))
+    second = lane_action(c)
+    assert isinstance(second, RollBackEcu) and second.lane.ecu_id == "bms"
+    c = run(c, EcuRolledBack("bms", False, "no response"))
+    assert lane_action(c) is None
+    c = sent(c)
+    c = run(c, RolledBack(ErrorCode.HEALTH_CHECK_FAILED, "ignored: the abort's reason wins"))
+    assert (c.step, c.error_code) == (Step.ROLLED_BACK, "ecu_activation_failed")
+    assert "ECU vcu: runs version 3 after reset" in c.detail
+    assert "(ECUs: bms rollback_failed, vcu rolled_back)" in c.detail
+    assert campaign_problem(c) is None
+
+
+def test_a_failure_while_staging_ends_failed_after_the_staged_lanes_roll_back() -> None:
+    c = run(_staged_pair(), Failed(ErrorCode.STALLED, "installing the T-box image stalled"))
+    assert c.step is Step.INSTALLING and c.abort is not None
+    assert [a.lane.ecu_id for a in [lane_action(c)] if isinstance(a, RollBackEcu)] == ["vcu"]
+    c = run(c, EcuRolledBack("vcu", True), EcuRolledBack("bms", True))
+    c = run(c, Failed(ErrorCode.STALLED, "installing the T-box image stalled"))
+    assert (c.step, c.error_code) == (Step.FAILED, "stalled")
+    assert _lanes(c) == {"bms": "rolled_back", "vcu": "rolled_back"}
+
+
+def test_a_committed_t_box_image_leaves_a_campaign_with_ecu_lanes() -> None:
+    c = run(
+        received(),
+        PlanChosen(HOST_2, (ECU_7,)),
+        EcuDownloaded("bms", "/d/bms"),
+        DownloadDone("/d/host"),
+    )
+    c = run(c, AlreadyInstalled())
+    assert (c.step, c.target, c.download) == (Step.INSTALLING, None, None)
+    assert (c.outbox[-2].state, c.outbox[-2].target) == (Step.COMMITTED, HOST)
+    assert campaign_problem(c) is None
 
 
 def test_an_interrupted_install_is_retried_a_bounded_number_of_times() -> None:
@@ -292,6 +408,11 @@ def test_an_interrupted_install_is_retried_a_bounded_number_of_times() -> None:
         ((PlanChosen(HOST_2), Failed(ErrorCode.STALLED, "r")), Failed(ErrorCode.STALLED, "r")),
         ((), PlanChosen(ECU_7)),
         ((), PlanChosen(HOST_2, (HOST_3,))),
+        ((), PlanChosen(None, ())),
+        ((), PlanChosen(None, (ECU_7, ECU_7))),
+        ((PlanChosen(HOST_2, (ECU_7,)),), EcuDownloaded("vcu", "/d")),
+        ((PlanChosen(HOST_2, (ECU_7,)),), EcuStaged("bms")),
+        ((PlanChosen(HOST_2, (ECU_7,)),), EcuRolledBack("bms", True)),
         ((PlanChosen(HOST_2),), DownloadDone("")),
     ],
 )
@@ -321,15 +442,22 @@ _FAILED = st.builds(Failed, _CODES, st.text(max_size=10))
 _ROLLED_BACK = st.builds(RolledBack, _CODES, st.text(max_size=10))
 _PLANS = st.builds(
     PlanChosen,
-    _targets(ImageKind.TBOX),
-    st.lists(_targets(ImageKind.ECU), max_size=2).map(tuple),
+    st.none() | _targets(ImageKind.TBOX),
+    st.lists(_targets(ImageKind.ECU), max_size=3, unique_by=lambda t: t.ecu_id).map(tuple),
 )
+_ECU_IDS = st.sampled_from(["bms", "adas"])
 # Any event at all, fitting or not.
 _EVENTS: st.SearchStrategy[Event] = st.one_of(
     _PLANS,
     st.builds(PlanChosen, st.none(), st.lists(_targets(ImageKind.ECU), max_size=2).map(tuple)),
     st.builds(PlanChosen, _targets(ImageKind.ECU), st.tuples(_targets(ImageKind.TBOX))),
-    st.builds(DownloadDone, st.sampled_from(["/d/x.img", ""])),
+    st.builds(DownloadDone, st.sampled_from(["/d/x.img", "", None])),
+    st.builds(EcuDownloaded, _ECU_IDS, st.sampled_from(["/d/e.img", ""])),
+    st.builds(EcuStaged, _ECU_IDS, st.booleans()),
+    st.builds(EcuStaging, _ECU_IDS),
+    st.builds(EcuActivated, _ECU_IDS),
+    st.builds(EcuFailed, _ECU_IDS, _CODES, st.text(max_size=10)),
+    st.builds(EcuRolledBack, _ECU_IDS, st.booleans(), st.text(max_size=10)),
     st.just(VerifyPassed()),
     st.just(AlreadyInstalled()),
     st.just(InstallRetried()),
@@ -338,19 +466,53 @@ _EVENTS: st.SearchStrategy[Event] = st.one_of(
     _ROLLED_BACK,
     _FAILED,
 )
-# Per step: the events that take a campaign forwards, and those that end it there.
-_FORWARDS: dict[Step, st.SearchStrategy[Event]] = {
-    Step.RECEIVED: _PLANS,
-    Step.DOWNLOADING: st.just(DownloadDone("/d/x.img")),
-    Step.VERIFYING: st.just(VerifyPassed()),
-    Step.INSTALLING: st.sampled_from([InstallDone(), InstallRetried()]),
-    Step.ACTIVATING: st.just(CommitDone()),
-}
-_ENDINGS: dict[Step, st.SearchStrategy[Event]] = {
-    Step.ACTIVATING: _ROLLED_BACK,
-    Step.VERIFYING: _FAILED | st.just(AlreadyInstalled()),
-    Step.INSTALLING: _FAILED | st.just(AlreadyInstalled()),
-}
+
+
+def _forward(c: Campaign, data: st.DataObject) -> Event:
+    """An event that takes *c* forwards (what the runner would apply next)."""
+    action = lane_action(c)
+    if isinstance(action, RollBackEcu):
+        return EcuRolledBack(action.lane.ecu_id, data.draw(st.booleans()), "no response")
+    if action is not None:
+        lane = action.lane
+        if c.step is Step.ACTIVATING:
+            return EcuActivated(lane.ecu_id)
+        if lane.phase is LanePhase.STAGING:
+            return EcuStaged(lane.ecu_id)
+        if data.draw(st.booleans()):
+            return EcuStaged(lane.ecu_id, unchanged=True)
+        return EcuStaging(lane.ecu_id)
+    if c.abort is not None:
+        code, reason = c.abort.code, c.abort.reason
+        return RolledBack(code, reason) if c.step is Step.ACTIVATING else Failed(code, reason)
+    if c.step is Step.RECEIVED:
+        return data.draw(_PLANS)
+    if c.step is Step.DOWNLOADING:
+        planned = [lane for lane in c.ecus if lane.phase is LanePhase.PLANNED]
+        if planned:
+            return EcuDownloaded(planned[0].ecu_id, "/d/e.img")
+        return DownloadDone(None if c.target is None else "/d/x.img")
+    if c.step is Step.VERIFYING:
+        return VerifyPassed()
+    if c.step is Step.INSTALLING:
+        installing: list[Event] = [InstallDone(), InstallRetried()]
+        return data.draw(st.sampled_from(installing))
+    return CommitDone()
+
+
+def _ending(c: Campaign, data: st.DataObject) -> Event:
+    """An event that ends *c* in its step, or makes one of its ECUs fail."""
+    lanes = [lane.ecu_id for lane in c.ecus]
+    options: list[st.SearchStrategy[Event]] = [
+        _ROLLED_BACK if c.step is Step.ACTIVATING else _FAILED
+    ]
+    if c.step in {Step.VERIFYING, Step.INSTALLING}:
+        options.append(st.just(AlreadyInstalled()))
+    if lanes and c.step in {Step.INSTALLING, Step.ACTIVATING}:
+        options.append(st.builds(EcuFailed, st.sampled_from(lanes), _CODES, st.just("broke")))
+    return data.draw(st.one_of(options))
+
+
 _RANK = {s: i for i, s in enumerate(Step)} | dict.fromkeys(FINAL_STEPS, 99)
 _COMMITTING = {
     (Step.ACTIVATING, CommitDone),
@@ -372,9 +534,9 @@ def test_random_events_never_reach_an_illegal_state(
         if c.final or choice == 9:
             event = data.draw(_EVENTS)
         elif choice == 8:
-            event = data.draw(_ENDINGS.get(c.step, _FAILED))
+            event = _ending(c, data)
         else:
-            event = data.draw(_FORWARDS[c.step])
+            event = _forward(c, data)
         before = c
         try:
             c = transition(c, event, now_us=NOW)
@@ -391,11 +553,17 @@ def test_random_events_never_reach_an_illegal_state(
         if c.step is Step.FAILED:
             assert before.step is not Step.ACTIVATING
         assert c.install_attempts <= MAX_INSTALL_ATTEMPTS
-        # every accepted event reports the step it leads to, in the host lane, last
+        # a new step is reported in the host lane, last; ECU lanes report in their own lanes
         new = c.outbox[len(before.outbox) :]
-        assert new and (new[-1].state, new[-1].target) == (c.step, HOST)
-        assert all(e.state is Step.FAILED and e.target != HOST for e in new[:-1])
-        assert bool(new[-1].error_code) == (c.step in {Step.FAILED, Step.ROLLED_BACK})
+        if c.step is not before.step:
+            assert new and (new[-1].state, new[-1].target) == (c.step, HOST)
+            assert bool(new[-1].error_code) == (c.step in {Step.FAILED, Step.ROLLED_BACK})
+        lanes = {lane.ecu_id for lane in c.ecus}
+        assert all(e.target in lanes | {HOST} for e in new)
+        if c.final and c.step is not Step.COMMITTED:  # all or nothing
+            pending = {"staging", "staged", "activated", "failed"}
+            assert lane_action(c) is None
+            assert not [lane for lane in c.ecus if lane.phase in pending]
         # what is written is what is read, once the events are numbered
         c = stamp(c, lambda: next(numbers))
         assert parse_campaign(encode_campaign(c), source="c.json") == c
@@ -410,8 +578,15 @@ def test_random_events_never_reach_an_illegal_state(
 
 def test_choose_targets() -> None:
     c = received()
-    assert choose_targets(c, [HOST_2, ECU_7]) == PlanChosen(HOST_2, (ECU_7,))
-    assert choose_targets(c, [ECU_7]) == PlanChosen(None, (ECU_7,))
+    assert choose_targets(c, [HOST_2, ECU_7], {"bms"}) == PlanChosen(HOST_2, (ECU_7,))
+    assert choose_targets(c, [ECU_7], {"bms", "vcu"}) == PlanChosen(None, (ECU_7,))
+    unknown = choose_targets(c, [HOST_2, ECU_7], {"vcu"})
+    assert isinstance(unknown, Failed) and unknown.code is ErrorCode.UNSUPPORTED_IMAGE_KIND
+    assert "bms/fw-7.bin (ECU bms): no flashing address" in unknown.reason
+    assert "flashes: vcu" in unknown.reason
+    other_7 = TargetRef("bms/fw-8.bin", sha(8), 800, 8, ImageKind.ECU, "bms")
+    twice = choose_targets(c, [ECU_7, other_7], {"bms"})
+    assert isinstance(twice, Failed) and twice.code is ErrorCode.AMBIGUOUS_PLAN
     none = choose_targets(c, [])
     assert isinstance(none, Failed) and none.code is ErrorCode.NOTHING_ASSIGNED
     two = choose_targets(c, [HOST_2, HOST_3])
@@ -567,8 +742,11 @@ def _activating() -> Campaign:
         run(
             received(targets=("tbox/rootfs-2.img",), deadline=1_798_758_000),
             PlanChosen(HOST_2, (ECU_7,)),
+            EcuDownloaded("bms", "/d/bms"),
             DownloadDone("/d/x"),
             VerifyPassed(),
+            EcuStaging("bms"),
+            EcuStaged("bms"),
             InstallDone(),
         )
     )
@@ -577,17 +755,25 @@ def _activating() -> Campaign:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d.update(format=2), "c.json: format: 2 is not 1"),
+        (lambda d: d.update(format=3), "c.json: format: 3 is not 2"),
         (lambda d: d.pop("step"), "c.json: step: is missing"),
         (lambda d: d.update(step="flying"), "step: 'flying' is none of"),
         (lambda d: d.update(install_attempts=True), "install_attempts: True has the wrong type"),
         (lambda d: d.update(install_attempts=9), "install_attempts 9 is not from 0"),
         (lambda d: d.update(download=None), "download None does not fit step activating"),
         (lambda d: d.update(error_code="stalled"), "error_code 'stalled' does not fit"),
-        (lambda d: d.update(target=None), "step activating needs a target"),
+        (
+            lambda d: d.update(target=None, ecus=[], download=None),
+            "step activating needs a target",
+        ),
         (lambda d: d["target"].update(sha256="00"), "target: sha256 '00' is not 64"),
         (lambda d: d["target"].update(image_kind="ecu"), "is not a T-box image"),
-        (lambda d: d["skipped"][0].update(image_kind="disk"), "skipped[0].image_kind"),
+        (lambda d: d["ecus"][0]["target"].update(image_kind="disk"), "ecus[0].target.image_kind"),
+        (lambda d: d["ecus"][0].update(phase="planned"), "ECU bms is planned, which does not fit"),
+        (lambda d: d["ecus"][0].update(phase="rolled_back"), "the campaign is not rolling back"),
+        (lambda d: d["ecus"][0].update(phase="committed"), "does not fit step activating"),
+        (lambda d: d.update(abort={"code": "nope", "reason": "r"}), "abort.code: 'nope'"),
+        (lambda d: d.update(step="failed", error_code="stalled"), "staged, which does not fit"),
         (lambda d: d.update(deadline="soon"), "deadline: 'soon' is not an RFC 3339"),
         (lambda d: d["outbox"][0].update(sequence=0), "outbox[0]: holds a number out of range"),
         (lambda d: d["outbox"][0].pop("detail"), "outbox[0].detail: is missing"),
@@ -615,7 +801,7 @@ def test_any_bytes_as_a_state_file_parse_or_fail_cleanly(data: bytes) -> None:
 
 @settings(max_examples=500, deadline=None)
 @given(
-    path=st.lists(st.sampled_from(["outbox", 0, "target", "skipped", "x"]), max_size=2),
+    path=st.lists(st.sampled_from(["outbox", 0, "target", "ecus", "abort", "x"]), max_size=3),
     key=st.text(max_size=15)
     | st.sampled_from(list(json.loads(encode_campaign(Campaign("c", "c", Step.RECEIVED))))),
     value=_JSON,

@@ -125,10 +125,7 @@ def _check(work: Path, scenario: str, *, finished: bool, what: str) -> None:
     steps = [s.state for s in host if not s.bytes_done]
     repeated = {x for x in steps if steps.count(x) > 1}
     assert repeated <= {S.STATE_INSTALLING}, (what, steps)
-    assert [(s.state, s.error_code) for s in ecu] in (
-        [],
-        [(S.STATE_FAILED, "unsupported_image_kind")],
-    ), what
+    assert not ecu, what  # ECU lanes: tests/ota/test_ecu_campaign_crash.py
 
     # the truth: the slot files (no boot: it would change them)
     slots = AbInstaller(work / "slots", max_attempts=child.MAX_ATTEMPTS)
@@ -167,7 +164,6 @@ def _check(work: Path, scenario: str, *, finished: bool, what: str) -> None:
     assert finals and finals[0].state == (
         S.STATE_COMMITTED if step == "committed" else S.STATE_ROLLED_BACK
     ), what
-    assert len(ecu) == 1, what
     assert installs and fetched >= IMAGE_LENGTH, (what, installs, fetched)
     assert not (work / "state" / "downloads").exists(), what
     booted = slots.boot()  # hashes the slot it boots: a verified bootable slot

@@ -215,7 +215,7 @@ async def test_a_failing_health_check_is_rolled_back_with_its_reason(world: Worl
     assert "exited with status 3: database unreachable" in last.detail
 
 
-async def test_ecu_images_are_reported_unsupported_and_the_host_image_installed(
+async def test_an_image_for_an_ecu_without_flashing_address_fails_the_campaign(
     world: World,
 ) -> None:
     ecu_path = world.root / "images" / "bms.bin"
@@ -224,15 +224,10 @@ async def test_ecu_images_are_reported_unsupported_and_the_host_image_installed(
     async with world.runner(world.source(world.host, ecu)) as runner:
         await runner.submit(body(), command_id="cmd-1")
         assert (final := await runner.wait_idle()) is not None
-        assert final.step is Step.COMMITTED
-    ecu_lane = [s for s in await world.statuses() if s.target == "bms"]
-    assert [(s.state, s.error_code) for s in ecu_lane] == [
-        (S.STATE_FAILED, "unsupported_image_kind")
-    ]
-    async with world.runner(world.source(ecu)) as runner:
-        await runner.submit(body("c2"), command_id="cmd-2")
-        assert (final := await runner.wait_idle()) is not None
+    # all or nothing: the T-box image is not installed without the ECU's
     assert (final.step, final.error_code) == (Step.FAILED, "unsupported_image_kind")
+    assert "bms/fw-3.bin (ECU bms): no flashing address" in final.detail
+    assert world.installer.status().pending is None
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """A real power cut (contract C6: exit 137 at a crash point) at every persistence step of the
-simulated ECU, in a child process flashing it; afterwards the ECU boots a valid bank and the
-next flash (resuming where it can) ends on the new image."""
+simulated ECU, in a child process flashing it and rolling it back; afterwards the ECU boots a
+valid bank and the next flash (resuming where it can) ends on the new image."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 POINTS = sorted(p.name for p in all_crashpoints() if p.name.startswith("ecu."))
 
 # (point, n): every point at its first hit, and later hits where a point is reached often.
-# The child reaches blocks 1–3 (refused image) and 4–15 (version 2).
+# The child reaches blocks 1–3 (refused image) and 4–15 (version 2); the active bank switches at
+# version 2's reset and again at the rollback's.
 CASES = [(point, 1) for point in POINTS] + [
     ("ecu.bank_data_erased", 2),
     ("ecu.block_written", 4),
@@ -28,6 +29,8 @@ CASES = [(point, 1) for point in POINTS] + [
     ("ecu.before_progress", 9),
     ("ecu.after_progress", 15),
     ("ecu.before_fingerprint", 2),
+    ("ecu.before_active_switch", 2),
+    ("ecu.after_active_switch", 2),
 ]
 
 
@@ -49,7 +52,12 @@ def run_child(state_dir: Path, plan: str | None) -> subprocess.CompletedProcess[
 def test_the_child_runs_through_without_a_crash_point(tmp_path: Path) -> None:
     child = run_child(tmp_path, None)
     assert child.returncode == 0, child.stderr
-    assert child.stdout.split("\n")[:3] == ["step 1 done", "step 2 done", "step 3 done"]
+    assert child.stdout.split("\n")[:4] == [
+        "step 1 done",
+        "step 2 done",
+        "step 3 done",
+        "step 4 done",
+    ]
 
 
 @pytest.mark.slow

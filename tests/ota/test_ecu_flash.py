@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from firmware_stub import FaultPlan
-from firmware_stub.flash import DTC_CHECK_FAILED
+from firmware_stub.flash import DTC_CHECK_FAILED, DTC_START_FAILED
 from ota.ecu_flash import (
     DEFAULT_SECRET,
     ActiveImage,
@@ -24,10 +24,12 @@ from ota.ecu_flash import (
     CheckStatus,
     DownloadPlan,
     DownloadStatus,
+    EcuActivationError,
     EcuAddress,
     EcuCheckFailedError,
     EcuNegativeResponseError,
     EcuNoResponseError,
+    EcuRollbackError,
     EcuSecurityError,
     EcuUsageError,
     FlashProgress,
@@ -231,6 +233,126 @@ async def test_a_staged_image_activates_on_reset(tmp_path: Path) -> None:
         assert meta.active == 0 and meta.banks[1].state is BankState.VALID
         await f.activate(image)
         assert host.ecus["bms"].flash.meta.active == 1
+
+
+async def test_stage_activate_and_roll_back_with_a_new_flasher_for_each_step(
+    tmp_path: Path,
+) -> None:
+    """A campaign stages, activates and rolls back in different process lifetimes: every step
+    decides from what the ECU reports, and doing one again does nothing more."""
+    image = EcuImage.from_bytes(V2)
+    events: list[str] = []
+    async with running(tmp_path, [ecu_config(factory=V1)], events=events) as (host, url):
+        ecu = host.ecus["bms"]
+        staged = await flasher(url).flash(image, activate=False)
+        assert not staged.already_staged and staged.bytes_sent == len(V2)
+        assert ecu.state.session.name == "DEFAULT"  # staging ends in the default session
+        blocks, requests = ecu.stats.blocks, ecu.stats.requests
+        again = await flasher(url).flash(image, activate=False)
+        assert again.already_staged and not again.already_installed
+        assert again.bytes_sent == 0 and ecu.stats.blocks == blocks
+        assert ecu.stats.requests - requests <= 6  # reads only: no session, no security
+        boots = ecu.stats.boots
+        await flasher(url).activate(image)
+        assert ecu.flash.meta.active_version == 2 and ecu.stats.boots == boots + 1
+        await flasher(url).activate(image)  # runs it already: no reset
+        assert ecu.stats.boots == boots + 1
+        info = await flasher(url).roll_back(image)
+        assert (info.active.bank, info.active.version) == (0, 1)
+        assert [(b.state, b.version) for b in info.banks] == [
+            (BankState.VALID, 1),
+            (BankState.INVALID, 2),
+        ]
+        assert ecu.stats.boots == boots + 2
+        again_info = await flasher(url).roll_back(image)  # nothing left to do: no reset
+        assert again_info.active.version == 1 and ecu.stats.boots == boots + 2
+        with pytest.raises(EcuActivationError, match="holds no checked copy of version 2"):
+            await flasher(url).activate(image)
+        assert ecu.stats.boots == boots + 2 and ecu.flash.meta.dtcs == ()
+    assert "bms: invalidated bank 1 (version 2)" in events
+
+
+async def test_rolling_back_a_staged_image_keeps_the_ecu_on_its_version(tmp_path: Path) -> None:
+    image = EcuImage.from_bytes(V2)
+    async with running(tmp_path, [ecu_config(factory=V1)]) as (host, url):
+        await flasher(url).flash(image, activate=False)
+        info = await flasher(url).roll_back(image)
+        meta = host.ecus["bms"].flash.meta
+        assert info.active.version == 1 and meta.active == 0
+        assert meta.banks[1].state is BankState.INVALID
+        # A power cycle does not bring it back; flashing it again starts over.
+        await host.ecus["bms"].power_cycle(0.01)
+        assert host.ecus["bms"].flash.meta.active_version == 1
+        result = await flasher(url).flash(image)
+        assert result.bytes_sent == len(V2) and host.ecus["bms"].flash.meta.active_version == 2
+
+
+async def test_a_rollback_interrupted_before_its_reset_is_finished_by_the_next_step(
+    tmp_path: Path,
+) -> None:
+    image = EcuImage.from_bytes(V2)
+    async with running(tmp_path, [ecu_config(factory=V1)]) as (host, url):
+        ecu = host.ecus["bms"]
+        await flasher(url).flash(image)
+        with uds_client(url) as client:
+
+            def invalidate() -> tuple[Any, Any, Any]:
+                client.change_session(3)
+                client.change_session(2)
+                client.unlock_security_access(1)
+                short = client.start_routine(0xFF02, image.sha256[:31])
+                done = client.start_routine(0xFF02, image.sha256)
+                again = client.start_routine(0xFF02, image.sha256)
+                return short, done, again
+
+            short, done, again = await asyncio.to_thread(invalidate)
+        assert short.code == 0x13
+        assert done.get_payload() == bytes.fromhex("7101FF0200") and again.positive
+        # No reset yet: version 2 still runs from its invalidated bank.
+        meta = ecu.flash.meta
+        assert meta.active == 1 and meta.banks[1].state is BankState.INVALID
+        v3 = EcuImage.from_bytes(make_image(3, 5000))
+        result = await flasher(url).flash(v3)  # resets into version 1 first, then flashes
+        assert result.bytes_sent == len(v3.data) and ecu.flash.meta.active_version == 3
+        assert ecu.flash.meta.banks[0].version == 1  # the erase hit the invalidated bank only
+
+
+async def test_a_rollback_without_a_valid_fallback_is_refused(tmp_path: Path) -> None:
+    image = EcuImage.from_bytes(V1)
+    async with running(tmp_path, [ecu_config(factory=V1)]) as (host, url):
+        f = flasher(url)
+        with pytest.raises(EcuRollbackError, match="no other bank holds a valid image") as info:
+            await f.roll_back(image)
+        assert info.value.ecu == "bms" and "0xFF02" in str(info.value)
+        assert host.ecus["bms"].flash.meta.active_version == 1
+        assert host.ecus["bms"].flash.meta.banks[0].state is BankState.VALID
+        # An image the ECU never held: nothing to do.
+        info_after = await f.roll_back(EcuImage.from_bytes(V2))
+        assert info_after.active.version == 1
+
+
+async def test_an_image_that_fails_at_boot_is_an_activation_error_and_the_ecu_falls_back(
+    tmp_path: Path,
+) -> None:
+    image = EcuImage.from_bytes(V2)
+    config = ecu_config(factory=V1, faults=FaultPlan(boot_fails=frozenset({2})))
+    events: list[str] = []
+    async with running(tmp_path, [config], events=events) as (host, url):
+        f = flasher(url)
+        await f.flash(image, activate=False)
+        with pytest.raises(EcuActivationError) as info:
+            await f.activate(image)
+        assert str(info.value).startswith(
+            "ECU bms runs version 1 (bank 0) after the reset, not version 2"
+        )
+        assert info.value.ecu == "bms"
+        meta = host.ecus["bms"].flash.meta
+        assert meta.active_version == 1 and meta.banks[1].state is BankState.INVALID
+        assert meta.dtcs == (DTC_START_FAILED,)
+        with pytest.raises(EcuActivationError):  # flash() with activation says the same
+            await f.flash(image)
+        assert (await f.roll_back(image)).active.version == 1  # nothing left to roll back
+    assert any("version 2, crashed at start" in e for e in events), events
 
 
 async def test_slow_steps_answer_response_pending_until_done(tmp_path: Path) -> None:

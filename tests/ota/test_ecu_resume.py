@@ -5,6 +5,7 @@ acknowledged, and a valid bank boots at every moment in between."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from agent.crashpoints import all_crashpoints
 from firmware_stub import FaultPlan
-from ota.ecu_flash import EcuCheckFailedError, EcuNoResponseError
+from ota.ecu_flash import BankState, EcuCheckFailedError, EcuNoResponseError
 from ota.ecu_image import EcuImage
 from tests.firmware_stub.support import (
     OTHER_KEY,
@@ -59,8 +60,18 @@ async def test_a_power_cut_at_every_block_resumes_to_the_new_image(
 STEPS = sorted(
     p.name
     for p in all_crashpoints()
-    if p.name.startswith("ecu.") and "provision" not in p.name and "dtcs" not in p.name
+    if p.name.startswith("ecu.")
+    and "provision" not in p.name
+    and "dtcs" not in p.name
+    and "invalidate" not in p.name  # rollback steps: below
 )
+#: The steps a rollback reaches: its invalidation, and the boot of its reset (the second switch of
+#: the active bank; the first is the flash's).
+ROLLBACK_CASES = [
+    (p.name, 1)
+    for p in sorted(all_crashpoints(), key=lambda p: p.name)
+    if p.name.startswith("ecu.") and "invalidate" in p.name
+] + [("ecu.before_active_switch", 2), ("ecu.after_active_switch", 2)]
 CASES = [(step, 1) for step in STEPS] + [
     ("ecu.block_written", 6),
     ("ecu.before_progress", 6),
@@ -92,6 +103,46 @@ async def test_a_power_cut_at_every_persistence_step_ends_on_the_new_image(
     }
     assert meta.active_version == 2
     assert result.attempts in (1, 2)  # a cut at the boot after the reset may go unnoticed
+
+
+@pytest.mark.parametrize(("step", "n"), ROLLBACK_CASES)
+async def test_a_power_cut_during_a_rollback_is_finished_by_the_next_call(
+    tmp_path: Path, step: str, n: int
+) -> None:
+    assert len(ROLLBACK_CASES) == 4
+    faults = FaultPlan(power_cut_at=(step, n), power_off_s=POWER_OFF)
+    config = ecu_config(factory=V1, faults=faults, max_block_length=CHUNK + 2)
+    timing = dataclasses.replace(QUICK, p2_star=0.6)
+    image = EcuImage.from_bytes(V2)
+    async with running(tmp_path, [config]) as (host, url):
+        ecu = host.ecus["bms"]
+        await flasher(url, timing=timing).flash(image)
+        assert ecu.flash.meta.active_version == 2
+        # One attempt: the cut may end it (no response); a new call finishes the job.
+        with contextlib.suppress(EcuNoResponseError):
+            await flasher(url, timing=timing, attempts=1).roll_back(image)
+        assert ecu.stats.power_cuts == 1, f"{step}:{n} was never reached"
+        meta = ecu.flash.meta
+        assert meta.active is not None and meta.banks[meta.active].state is BankState.VALID
+        info = await flasher(url, timing=timing).roll_back(image)
+        meta = ecu.flash.meta
+    assert (info.active.bank, info.active.version) == (0, 1)
+    assert meta.active == 0 and meta.banks[1].state is BankState.INVALID
+
+
+async def test_a_power_cut_during_a_rollback_is_retried_within_the_call(tmp_path: Path) -> None:
+    faults = FaultPlan(power_cut_at=("ecu.before_invalidate", 1), power_off_s=POWER_OFF)
+    config = ecu_config(factory=V1, faults=faults, max_block_length=CHUNK + 2)
+    timing = dataclasses.replace(QUICK, p2_star=0.6)
+    image = EcuImage.from_bytes(V2)
+    events: list[str] = []
+    async with running(tmp_path, [config], events=events) as (host, url):
+        await flasher(url, timing=timing).flash(image, activate=False)
+        info = await flasher(url, timing=timing).roll_back(image)
+        assert host.ecus["bms"].stats.power_cuts == 1
+    # The cut came before the invalidation: the staged version 2 booted, and was given up.
+    assert booted_versions(events) == ["running bank 1, version 2"]
+    assert info.active.version == 1
 
 
 async def test_a_lost_link_resumes_on_the_next_call(tmp_path: Path) -> None:

@@ -48,8 +48,10 @@ from ota.update_client import (
     role_of_url,
     verify_assignments,
 )
+from tests.firmware_stub.support import make_image
 
 REPO = Path(__file__).resolve().parents[2]
+ECU_IMAGE_OVERHEAD = 192  # ota.ecu_image: the header and the signature trailer
 TBOX = TargetCustom(hardware_id="tbox-hw2", release_counter=12, image_kind=ImageKind.TBOX)
 BMS = TargetCustom(hardware_id="bms-hw1", release_counter=3, image_kind=ImageKind.ECU)
 ROOTFS = "tbox/rootfs-12.img"
@@ -106,7 +108,8 @@ def make_bench(tmp_path: Path, server: RepositoryServer | None = None, **faults:
     director = RepositoryDirectory.init(srv / "director", RepositoryKind.DIRECTOR)
     bench = Bench(tmp_path, srv, image, director, server or RepositoryServer(srv, **faults), {})
     bench.publish(ROOTFS, os.urandom(300_000), TBOX)
-    bench.publish(BMS_FW, os.urandom(20_000), BMS)
+    # a signed ECU image (20,000 bytes) that the simulated ECU "bms" accepts (e2e campaigns)
+    bench.publish(BMS_FW, make_image(3, 20_000 - ECU_IMAGE_OVERHEAD, hardware_id="bms"), BMS)
     director.assign(image, vehicle_id="VIN1", target_name=ROOTFS)
     director.assign(image, vehicle_id="VIN1", target_name=BMS_FW, ecu_id="bms")
     director.assign(image, vehicle_id="VIN2", target_name=ROOTFS)

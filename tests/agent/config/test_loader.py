@@ -43,6 +43,15 @@ id = "TBX-1"
 url = "virtual://tbox"
 """  # 5 lines: what follows starts on line 6
 
+OTA = """\
+[ota]
+director_url = "http://d/"
+image_url = "http://i/"
+hardware_id = "hw"
+director_root = "director-root.json"
+image_root = "image-root.json"
+"""  # lines 6-11: an [ota.ecus.*] table that follows starts on line 12
+
 BAD_SCHEMES = '[[scheme]]\nid = "x"\nkind = "periodic"\nperiod_ms = 5\nsignals = ["A"]\n'
 
 
@@ -69,6 +78,8 @@ def _populate(folder: Path) -> Path:
     (folder / "password.txt").write_text("s3cret\n")
     (folder / "password-crlf.txt").write_text("pass word\r\n")
     (folder / "empty.txt").write_text("\n")
+    for name in ("director-root.json", "image-root.json"):
+        (folder / name).write_text("{}\n")
     (folder / "backend.pub").write_bytes(_public_key_pem())
     (folder / "bad.pub").write_text("not a key\n")
     (folder / "bad.toml").write_text("[[rule]]\nid = 5\n")
@@ -425,6 +436,17 @@ ERRORS: list[tuple[str, int | None, str | None, str]] = [
      "ota.hardware_id", "must be 1–64 characters"),
     ('[ota]\ndirector_url = "http://d/"\nimage_url = "http://i/"\nhardware_id = "hw"\n'
      'director_root = "nope.json"\n', 10, "ota.director_root", "does not exist"),
+    (OTA + '[ota.ecus.vcu]\nhardware_id = "vcu"\nbus = "can9"\n', 14, "ota.ecus.vcu.bus",
+     "must name a [[bus]] (configured: tbox)"),
+    (OTA + '[ota.ecus.vcu]\nhardware_id = "vcu"\nbus = "tbox"\nrequest_id = 1\n', 12,
+     "ota.ecus.vcu.response_id", "is required"),
+    (OTA + '[ota.ecus.vcu]\nhardware_id = "vcu"\nbus = "tbox"\nrequest_id = 1\n'
+     'response_id = 1\n', 16, "ota.ecus.vcu.response_id", "must differ"),
+    (OTA + '[ota.ecus.vcu]\nhardware_id = "vcu"\nbus = "tbox"\nrequest_id = 1\n'
+     'response_id = 2\nsecurity_level = 2\n', 17, "ota.ecus.vcu.security_level", "must be odd"),
+    (OTA + '[ota.ecus.vcu]\nhardware_id = "vcu"\nbus = "tbox"\nrequest_id = 1\n'
+     'response_id = 2\nalgorithm = "rot13"\n', 17, "ota.ecus.vcu.algorithm", "is none of"),
+    (OTA + '[ota.ecus.vcu]\nhardware = "vcu"\n', 13, "ota.ecus.vcu.hardware", "unknown key"),
 ]  # fmt: skip
 
 
@@ -585,6 +607,14 @@ def test_the_example_with_its_commented_keys_uses_every_key(tmp_path: Path) -> N
     assert config.ota.max_target_bytes == 4 * 2**30 and config.ota.health_timeout_s == 60
     assert config.slots_dir == Path("/var/lib/tbox/slots")
     assert config.ids is not None and config.ids.rules == tmp_path / "ids-rules.toml"
+    assert config.ota.ecus == (("bms", "bms-hw1"), ("vcu", "vcu-hw2"))
+    ((ecu, flash),) = config.ota.flash
+    assert (ecu, flash.bus.name, flash.request_id, flash.response_id) == (
+        "vcu",
+        "can0",
+        0x7E1,
+        0x7E9,
+    )
 
     keys = set(re.findall(r"(?m)^([a-z_0-9]+) = ", text))
     for section, names in SECTIONS.items():
