@@ -4,7 +4,9 @@
 stops the start with an explained error before a single frame is read:
 
 1. the state directory, the DBC files per bus, the scheme set (pushed schemes persisted in the
-   state directory win over the configured files) and the trusted command keys;
+   state directory win over the configured files), the trusted command keys and, with ``[ids]``,
+   the IDS engine (a rule update persisted in the state directory wins over ``[ids] rules``
+   unless that file has a higher revision);
 2. the :class:`~agent.upload_queue.UploadQueue` (SQLite, its own thread);
 3. the :class:`~agent.uplink.Uplink` (MQTT; subscribes ``vehicles/<id>/cmd/#``);
 4. the :class:`~agent.status_endpoint.StatusEndpoint` (``tbox status``, Prometheus);
@@ -35,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from agent.command_channel import CommandChannel, CommandFailed
 from agent.commands import CommandVerifier, VerifiedCommand, load_trusted_keys
@@ -50,9 +52,12 @@ from agent.proto.tbox.v1 import SCHEMA_VERSION, SignalState, StateUpdate
 from agent.schemes import CollectedRecord, Sample, Scheme, load_schemes, parse_schemes
 from agent.serial_device import StateChange
 from agent.status_endpoint import StatusEndpoint
-from agent.telemetry_codec import encode_record
+from agent.telemetry_codec import ZSTD_MAGIC, encode_record
 from agent.uplink import Uplink
 from agent.upload_queue import DROP_REASONS, QueueItem, UploadQueue
+
+if TYPE_CHECKING:
+    from security.rules import RuleSet
 
 __all__ = ["AgentService", "running"]
 
@@ -62,6 +67,12 @@ _TICK_S: Final = 0.05
 _MICROS: Final = 1_000_000
 #: Largest ``cmd/schemes`` body accepted (the command's own size limit applies first).
 _MAX_SCHEMES_BYTES: Final = 256 * 1024
+#: Largest ``cmd/ids-rules`` rule file accepted, once decompressed (a learned rule set of a whole
+#: vehicle is tens of KiB; zstd makes it a tenth of that on the wire).
+_MAX_IDS_RULES_BYTES: Final = 1024 * 1024
+#: How rule updates are named in errors and in the persisted file's place.
+_IDS_RULES_SOURCE: Final = "cmd/ids-rules"
+_PUSHED_IDS_RULES: Final = "pushed-ids-rules.toml"
 
 
 def _version() -> str:
@@ -107,6 +118,8 @@ class AgentService:
         self._installer: Any = None  # ota.ab_installer.AbInstaller with [ota]
         self._ids: Any = None  # security.engine.IdsEngine with [ids]
         self._ids_events = 0
+        self._ids_rules_source = "file"  # or "pushed": a rule update's, persisted
+        self._ids_rules_updated_at: float | None = None
         # The latest value of every device signal, for the status snapshot.
         self._device_values: dict[str, dict[str, float | int | str]] = {}
         self._scheme_source = "files"
@@ -217,6 +230,26 @@ class AgentService:
                 min_bytes_per_s=ota.min_bytes_per_s,
             )
         )
+        fleet = None
+        if ota.flash:
+            from ota.ecu_flash import DEFAULT_SECRET, SeedKeyAlgorithm
+            from ota.ecu_fleet import EcuEndpoint, EcuFleet
+
+            fleet = EcuFleet(
+                [
+                    EcuEndpoint(
+                        ecu,
+                        flash.bus,
+                        flash.request_id,
+                        flash.response_id,
+                        secret=flash.secret or DEFAULT_SECRET,
+                        algorithm=SeedKeyAlgorithm(flash.algorithm),
+                        security_level=flash.security_level,
+                    )
+                    for ecu, flash in ota.flash
+                ],
+                tester_id=cfg.vehicle_id[-10:],
+            )
         runner = CampaignRunner(
             CampaignStore(cfg.state_dir / "campaign"),
             installer,
@@ -228,6 +261,7 @@ class AgentService:
             notify=uplink.notify,
             budgets=StepBudgets(download_stall_s=ota.download_stall_s),
             boot_on_start=ota.boot_on_start,
+            ecus=fleet,
         )
         async with runner:
             self._campaigns = runner
@@ -347,20 +381,60 @@ class AgentService:
 
     # -- the data path -------------------------------------------------------------------------
 
+    @property
+    def _pushed_ids_rules_file(self) -> Path:
+        return self.config.state_dir / _PUSHED_IDS_RULES
+
     def _ids_engine(self, dbcs: dict[str, list[Any]]) -> Any:
+        """The engine of ``[ids]``: with the last rule update (``cmd/ids-rules``) persisted in the
+        state directory, else with ``[ids] rules``."""
         from security.engine import EngineConfig, IdsEngine
+        from security.errors import RuleBindingError
         from security.keys import load_keys
         from security.rulefile import load_rules
 
         ids = self.config.ids
         assert ids is not None
         keys = load_keys(ids.keys) if ids.keys is not None else None
-        return IdsEngine(
-            load_rules(ids.rules),
-            databases=dbcs,
-            keys=keys,
-            config=EngineConfig(idsm_instance_id=ids.idsm_instance_id),
-        )
+        settings = EngineConfig(idsm_instance_id=ids.idsm_instance_id)
+        configured = load_rules(ids.rules)
+        pushed = self._pushed_ids_rules(configured)
+        if pushed is not None:
+            try:
+                engine = IdsEngine(pushed, databases=dbcs, keys=keys, config=settings)
+            except RuleBindingError as e:
+                # Valid when it was applied; a DBC changed since. Detecting with the configured
+                # rules beats refusing to start the vehicle's agent.
+                log.error("pushed IDS rules unusable, using %s: %s", ids.rules, e)
+            else:
+                self._ids_rules_source = "pushed"
+                self._ids_rules_updated_at = self._pushed_ids_rules_file.stat().st_mtime
+                return engine
+        return IdsEngine(configured, databases=dbcs, keys=keys, config=settings)
+
+    def _pushed_ids_rules(self, configured: RuleSet) -> RuleSet | None:
+        """The persisted rule update, unless there is none, it is unusable, or *configured* (the
+        ``[ids] rules`` file) has a higher revision — newer rules shipped with the software."""
+        from security.rulefile import load_rules
+
+        path = self._pushed_ids_rules_file
+        if not path.exists():
+            return None
+        try:
+            pushed = load_rules(path)
+        except InputError as e:
+            log.error("pushed IDS rules unusable, using the configured ones: %s", e)
+            return None
+        newer = configured.revision
+        if newer is not None and (pushed.revision is None or newer > pushed.revision):
+            log.info(
+                "IDS rules: %s (revision %d) is newer than the pushed rules (revision %s)",
+                configured.source,
+                newer,
+                pushed.revision,
+            )
+            return None
+        return pushed
 
     async def _commit_events(self, events: Iterable[Any]) -> None:
         """Queue security events ahead of all telemetry (priority 0, never evicted first)."""
@@ -520,7 +594,13 @@ class AgentService:
     # -- commands ------------------------------------------------------------------------------
 
     def _handlers(self) -> dict[str, Callable[[VerifiedCommand], Awaitable[str]]]:
-        return {"schemes": self._on_schemes, "ping": self._on_ping, "state": self._on_state}
+        return {
+            "schemes": self._on_schemes,
+            "ping": self._on_ping,
+            "state": self._on_state,
+            # Registered without [ids] too: the sender learns why the update cannot apply.
+            "ids-rules": self._on_ids_rules,
+        }
 
     async def _on_ping(self, command: VerifiedCommand) -> str:
         return "pong"
@@ -558,6 +638,40 @@ class AgentService:
         self._scheme_source = "pushed"
         ids = ", ".join(s.id for s in schemes) or "none"
         return f"installed {len(schemes)} schemes: {ids}"
+
+    async def _on_ids_rules(self, command: VerifiedCommand) -> str:
+        """``cmd/ids-rules``: the body is an IDS rule file with a ``revision`` (TOML, or TOML in
+        one zstd frame); it replaces the running rules, keeping the state of unchanged ones."""
+        from security.rulefile import parse_rules, rollback_problem
+
+        engine = self._ids
+        if engine is None:
+            raise CommandFailed(
+                "not_configured",
+                "this vehicle runs no intrusion detection ([ids] is not in its configuration)",
+            )
+        text = _ids_rules_text(command.body)
+        # A RuleFileError (an InputError) becomes invalid_body, naming the line and the rule.
+        rules = await asyncio.to_thread(parse_rules, text, _IDS_RULES_SOURCE)
+        if rules.revision is None:
+            raise CommandFailed(
+                "invalid_body",
+                f"{_IDS_RULES_SOURCE}: revision: is required in a rule update "
+                "(a whole number, not lower than the applied one)",
+            )
+        problem = rollback_problem(engine.rules, rules)
+        if problem is not None:
+            raise CommandFailed("stale_revision", problem)
+        # Compiled off the loop (the engine judges frames meanwhile); binding errors name the
+        # line and the rule too.
+        prepared = await asyncio.to_thread(engine.prepare, rules)
+        # Persisted before it takes effect: after a restart the vehicle detects with what it
+        # last confirmed to the backend.
+        await asyncio.to_thread(write_durably, self._pushed_ids_rules_file, text.encode("utf-8"))
+        changes = engine.replace_rules(prepared)
+        self._ids_rules_source = "pushed"
+        self._ids_rules_updated_at = self._clock()
+        return f"applied rules revision {rules.revision}: {changes.summary()}"
 
     # -- status --------------------------------------------------------------------------------
 
@@ -643,6 +757,10 @@ class AgentService:
                 "flagged_frames": st.flagged_frames,
                 "events": self._ids_events,
                 "findings": dict(st.findings),
+                "rules": len(self._ids.rules),
+                "rules_revision": self._ids.rules.revision,
+                "rules_source": self._ids_rules_source,
+                "rules_updated_at": self._ids_rules_updated_at,
             }
         if self._installer is not None:
             slots = self._installer.status()
@@ -675,6 +793,38 @@ class AgentService:
                 "source": self._scheme_source,
             }
         return result
+
+
+def _ids_rules_text(body: bytes) -> str:
+    """The rule file a ``cmd/ids-rules`` body carries: UTF-8 TOML, or that in one zstd frame
+    (told apart by the frame's magic number, which no UTF-8 text starts with)."""
+    limit = _MAX_IDS_RULES_BYTES
+    if body[:4] == ZSTD_MAGIC:
+        import zstandard
+
+        try:
+            declared = zstandard.frame_content_size(body)
+            if declared > limit:
+                raise CommandFailed(
+                    "too_large", f"the rule file has {declared} bytes; at most {limit}"
+                )
+            if declared >= 0:
+                body = zstandard.ZstdDecompressor().decompress(body)
+            else:  # no size in the header: read one byte past the limit to know
+                with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                    body = reader.read(limit + 1)
+        except zstandard.ZstdError as e:
+            raise CommandFailed(
+                "invalid_body", f"{_IDS_RULES_SOURCE}: the zstd frame does not decompress: {e}"
+            ) from None
+    if len(body) > limit:
+        raise CommandFailed("too_large", f"the rule file is over {limit} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CommandFailed(
+            "invalid_body", f"{_IDS_RULES_SOURCE}: the rule file is not UTF-8 ({e})"
+        ) from None
 
 
 @contextlib.asynccontextmanager

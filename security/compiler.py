@@ -74,7 +74,16 @@ ValueCheck = tuple[str, Detector, Callable[[float, float], object | None]]
 class IdNode:
     """Everything the engine does with frames of one CAN id on one bus."""
 
-    __slots__ = ("can_id", "checks", "decoder", "last_seen", "signal_checks", "slots")
+    __slots__ = (
+        "can_id",
+        "checks",
+        "decoder",
+        "last_seen",
+        "sequences",
+        "signal_checks",
+        "slots",
+        "value_sequences",
+    )
 
     def __init__(self, can_id: int) -> None:
         self.can_id = can_id
@@ -84,6 +93,40 @@ class IdNode:
         # (signal name in the decoded frame, condition slot) pairs to update.
         self.slots: tuple[tuple[str, SignalSlot], ...] = ()
         self.last_seen = -math.inf
+        # The detectors of checks and signal_checks that follow a sequence (see forget_flagged).
+        self.sequences: tuple[Detector, ...] = ()
+        self.value_sequences: tuple[tuple[str, Detector], ...] = ()
+
+    def forget_flagged(
+        self, hits: list[tuple[Detector, object]], signals: Mapping[str, Any] | None
+    ) -> None:
+        """Have the sequence detectors that judged the frame just checked take it back when
+        another rule found the frame itself bad (:meth:`~security.detectors.Detector.condemns`):
+        a forged frame must not become the reference the sender's next frame is judged by.
+        The detector that condemned it keeps it. What taking back brings to light (a timing
+        window too full with the condemned frames) is added to *hits*.
+
+        *hits* are the frame's findings, *signals* its decoded values (None when it was not
+        decoded: then no signal detector judged it).
+        """
+        judges = [detector for detector, detail in hits if detector.condemns(detail)]
+        if not judges:
+            return
+        alone = judges[0] if len(judges) == 1 else None
+        found: list[tuple[Detector, object]] = []
+        for detector in self.sequences:
+            if detector is not alone:
+                detail = detector.forget()
+                if detail is not None and all(d is not detector for d, _ in hits):
+                    found.append((detector, detail))
+        if signals is not None:
+            for name, detector in self.value_sequences:
+                value = signals.get(name)
+                if value is None or isinstance(value, str):
+                    continue  # the engine did not have it judge the frame
+                if detector is not alone:
+                    detector.forget()
+        hits += found
 
 
 class BusPlan:
@@ -345,6 +388,10 @@ class _Compiler:
             node.checks = tuple(self.checks.get((bus, can_id), ()))
             node.signal_checks = tuple(self.value_checks.get((bus, can_id), ()))
             node.slots = tuple(self.slot_feeds.get((bus, can_id), ()))
+            node.sequences = tuple(d for d, _ in node.checks if d.follows_sequence)
+            node.value_sequences = tuple(
+                (name, d) for name, d, _ in node.signal_checks if d.follows_sequence
+            )
             if decoder is not None and wanted is not None and can_id in wanted:
                 node.decoder = decoder
             if allowlist is None or can_id in allowlist:

@@ -8,16 +8,18 @@ and its events — used by ``benchmarks/bench_ids_detection.py`` and the detecti
 Which rules count per frame
     A verdict counts a frame as *flagged* when one of the ``counted`` rules is among its rule ids.
     :func:`frame_rules` gives the rules whose finding is about the frame itself: every kind but
-    the windowed rate rules of :data:`WINDOW_KINDS`. ``flood`` flags whatever frame arrives while
-    the bus carries too many frames and ``timing`` flags whatever frame of an id arrives while
-    the id runs too fast or too slow — genuine frames included (under a flood every genuine frame
-    on the bus; under a spoofing attack the real sender's frames as much as the forged ones). They
-    say *that* a bus or id is under attack, which the latency measures, not *which* frames are
-    injected. Every other rule (allowlist, unknown bursts, DLC, payload, signal ranges and rates,
-    counters, replay, checksums, SecOC, context) judges the frame it flags, and a genuine frame it
-    flags is a false positive — also when the rule is right that something is wrong (a genuine
-    frame whose counter repeats the one a forged frame took is flagged by the counter rule and
-    counted against precision).
+    the windowed rate rules of :data:`WINDOW_KINDS`. ``flood`` flags the frames of the ids that
+    fill a bus carrying too many frames, and ``timing`` the frames of an id that runs too fast or
+    too slow — when a second stream of the id interleaves with the real sender's, only the frames
+    off the sender's phase, but every frame where the two phases cannot be told apart (a replay
+    of the sender's own frames, heavy jitter) and every frame of an id that runs too slow. So
+    they may flag genuine frames: they say *that* a bus or id is under attack, which the latency
+    measures, and not always *which* frames are injected. Every other rule (allowlist, unknown
+    bursts, DLC, payload, signal ranges and rates, counters, replay, checksums, SecOC, context)
+    judges the frame it flags, and a genuine frame it flags is a false positive — also when the
+    rule is right that something is wrong (a genuine frame whose counter repeats the one a forged
+    frame took is flagged by the counter rule and counted against precision). Scoring every rule
+    instead (``counted`` None) gives the verdict ``tbox ids run --frames`` prints.
 
 Detection latency
     The time from the attack's start to the first occurrence (``time_us``) of the first event at

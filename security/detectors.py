@@ -13,11 +13,27 @@ t)`` (the engine decodes once per frame for all of them), the suspension detecto
 per-frame path: no container is built unless something is flagged, no work is done that the rule
 does not ask for.
 
-Detectors that follow a sequence (counters, replay, signal rates) *resynchronise*: after a
-flagged value, the next value that follows on from the flagged one without a good value between
-them is taken as the new reference (a sender that restarted, a masquerade that took over), so a
-single bad frame does not make every later real frame look bad — and a forger interleaving
-frames with the real sender stays flagged frame by frame.
+Detectors that follow a sequence (counters, replay, signal rates, and the timing windows) judge
+each frame against a reference taken from earlier frames, so a forged frame must never become
+that reference — else the real sender's next frame is judged against the forgery and flagged in
+its place. Two safeguards:
+
+* *Taking back* (:meth:`Detector.forget`): when another rule whose finding is about the frame
+  itself (:meth:`Detector.condemns`: a value out of range, a bad checksum…) flags a frame,
+  the engine has the node's sequence detectors forget it, as if it had never arrived: the real
+  sender's next frame is then judged against the real sender's previous one.
+* *Resynchronisation*: after a flagged value, the next value that follows on from the flagged
+  one without a good value between them is taken as the new reference (a sender that
+  restarted, a masquerade that took over), so a single bad frame does not make every later real
+  frame look bad. Counters keep the old reference until the new sequence has gone on once more:
+  if the old sequence goes on first, two streams interleave (two forged frames happened to come
+  between two real ones), and the frame that continues the established sequence is the genuine
+  one — the reference returns to it and the intruding stream stays flagged (signal rates do not,
+  see :class:`SignalRateDetector`).
+
+Timing windows say that an id runs too fast, not which of its frames is extra; the detector
+decides that by phase (see :class:`TimingDetector`): the real sender's frames keep the grid of
+periods they had before, the extra frames do not.
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Final, NamedTuple
 
 from can_dbc.integrity import IntegritySpec, SignalField
 from security.rules import (
@@ -46,6 +62,7 @@ __all__ = [
     "ChecksumDetector",
     "ContextDetector",
     "CounterDetector",
+    "Crowd",
     "Detector",
     "DlcDetector",
     "FloodDetector",
@@ -74,6 +91,10 @@ class Detector:
 
     __slots__ = ("can_id", "expected", "rule")
 
+    #: Whether the detector judges frames against a reference taken from earlier frames and can
+    #: take the last frame back (:meth:`forget`).
+    follows_sequence: ClassVar[bool] = False
+
     def __init__(self, rule: Rule, can_id: int | None, expected: str) -> None:
         self.rule = rule
         self.can_id = can_id
@@ -82,6 +103,23 @@ class Detector:
     def observed(self, detail: Any) -> str:
         """What a flagged frame showed, in words."""
         return str(detail)
+
+    def condemns(self, detail: Any) -> bool:
+        """Whether the finding *detail* says that the flagged frame itself is bad, whatever came
+        before it (its id, length, payload, value, checksum…), so that it must be no reference
+        for the detectors that follow a sequence. Not so for the findings that compare a frame
+        with earlier ones or count frames: they may be about its neighbours (the frame after a
+        forged one, a sender's first frame after a restart, any frame while an id runs too
+        fast)."""
+        return True
+
+    def forget(self) -> object | None:
+        """Undo what the last check learned from its frame (another rule condemned the frame,
+        so it is no reference for the next ones). Only for detectors that follow a sequence, and
+        only right after their check of that frame. Returns a finding about the frame that
+        taking it back brings to light (a timing window that holds too many frames with the
+        condemned ones), else None."""
+        return None
 
 
 # ---- frame-id detectors --------------------------------------------------------------------
@@ -181,18 +219,86 @@ class _WindowCounter(Detector):
         return sum(1 for x in self.ring if x > lo)
 
 
+#: How far a phase anchor moves towards each frame that keeps it: smooths the anchor over a few
+#: periods of jitter, and still follows a grid whose period differs a little from the rule's.
+_PHASE_GAIN: Final = 0.25
+#: Two phases tell two streams apart frame by frame when they are this many mean absolute
+#: deviations of the sender's jitter apart (with normal jitter, 2.4 standard deviations: a frame
+#: is assigned to the wrong stream about one time in nine at worst, one in fifty at twice that).
+_SEPARATION: Final = 3.0
+#: The share of the sender's frames that may seem not one period after its previous one (a
+#: running average over about eight frames) before the two streams count as mixed up.
+_CONFUSION_LIMIT: Final = 0.3
+_CONFUSION_GAIN: Final = 0.125
+
+
+class Crowd(NamedTuple):
+    """A timing finding of too many frames: ``frames`` in the window (None: more than the
+    maximum, the exact number is beyond the ring), how far the flagged one lies off the
+    sender's phase (None: not known, the phases cannot tell the streams apart) and how many of
+    the window's frames other rules condemned (see :meth:`TimingDetector.forget`)."""
+
+    frames: int | None
+    offset: float | None = None
+    condemned: int = 0
+
+
+#: Too many frames, no telling which are extra.
+_CROWD: Final = Crowd(None)
+
+
+def _phase_offset(delta: float, period: float) -> float:
+    """How far *delta* is from the nearest whole number of periods, in (-period/2, period/2]
+    (NaN when *delta* is not finite)."""
+    return math.remainder(delta, period) if math.isfinite(delta) else math.nan
+
+
 class TimingDetector(_WindowCounter):
     """Counts an id's frames in a sliding window of ``window_periods`` periods (see
     :class:`~security.rules.TimingEntry`); flags a frame that makes the count too high, or
-    — once a whole window has passed since the id's first frame — too low."""
+    — once a whole window has passed since the id's first frame — too low.
 
-    __slots__ = ("first", "max_count", "min_count")
+    Too many frames mean a second stream of the id interleaves with the sender's, and which of
+    the two is the sender's is a matter of phase: its frames keep the grid of periods they had
+    before the window overflowed. When the count first goes over, that grid is the median phase
+    of the older half of the window, and of the new frame and the one before it (the pair too
+    many), the one further off the grid is the intruder; from then on each frame is the sender's
+    or the intruder's by the phase it is closer to, both phases following their frames. Only
+    the intruder's frames are flagged while the count is over — the sender's are not, also when
+    the intruder's came first. The intruder's phase is dropped when it sent nothing for a window.
+    """
+
+    __slots__ = (
+        "anchor",
+        "condemned",
+        "confusion",
+        "first",
+        "intruder",
+        "max_count",
+        "min_count",
+        "overwritten",
+        "period",
+        "separated",
+        "spread",
+    )
+
+    follows_sequence = True
 
     def __init__(self, rule: Rule, window_periods: int, entry: TimingEntry) -> None:
         window = entry.period_ms * window_periods / 1000
         self.min_count = entry.min_count
         self.max_count = entry.max_count
+        self.period = entry.period_ms / 1000
         self.first: float | None = None
+        self.overwritten = -math.inf
+        # Phase anchors (a time on each stream's grid), only while an intruder is followed.
+        self.anchor = 0.0
+        self.intruder: float | None = None
+        self.spread = 0.0  # the sender's jitter (mean absolute deviation), measured with anchor
+        self.separated = False  # whether the two phases still tell the streams apart
+        self.confusion = 0.0  # how often the sender's frames seem not one period apart
+        # Times of the frames other rules condemned, out of the ring (see forget).
+        self.condemned: deque[float] = deque()
         super().__init__(
             rule,
             entry.can_id,
@@ -207,13 +313,16 @@ class TimingDetector(_WindowCounter):
         pos = self.pos
         oldest = ring[pos]
         ring[pos] = t
+        self.overwritten = oldest
         pos += 1
         if pos == self.size:
             pos = 0
         self.pos = pos
         lo = t - self.window
         if oldest > lo:
-            return -1  # more than max_count: the exact number is beyond the ring
+            return self._too_many(t)
+        if self.intruder is not None:
+            self._follow(t)
         first = self.first
         if first is None:
             self.first = t
@@ -221,12 +330,139 @@ class TimingDetector(_WindowCounter):
         min_count = self.min_count
         # ring[pos - k - 1] is the frame k frames back (negative indexes wrap around).
         if min_count and not t - first < self.window and ring[pos - min_count] <= lo:
-            return self.count_since(lo)
+            # The frames other rules condemned were on the bus all the same (a masquerade
+            # replaces the sender: its id does not run slow).
+            count = self.count_since(lo) + sum(1 for x in self.condemned if x > lo)
+            if count < min_count:
+                return count
+        return None
+
+    def _too_many(self, t: float) -> object | None:
+        """The verdict on a frame that makes the window too full (see the class docstring)."""
+        if not math.isfinite(t):
+            return _CROWD  # a broken clock: too many frames, no phase to tell them apart
+        intruder = self.intruder
+        if intruder is None or t - intruder > self.window:
+            return self._start_following(t)
+        mine, offset = self._assign(t)
+        if not self.separated:
+            return _CROWD
+        return None if mine else Crowd(None, offset)
+
+    def _start_following(self, t: float) -> object | None:
+        """The window just went over: find the sender's phase and the intruder's first frame."""
+        self.intruder = None
+        period, ring, size, pos = self.period, self.ring, self.size, self.pos
+        # The older half of the window, where the intruder's frames are few (the count goes
+        # over soon after they start): its median phase is the sender's, its spread the jitter.
+        ref = ring[pos]  # the oldest frame remembered
+        offsets = sorted(
+            _phase_offset(ring[(pos + k) % size] - ref, period) for k in range(max(1, size // 2))
+        )
+        middle = offsets[len(offsets) // 2]
+        anchor = ref + middle
+        if not math.isfinite(anchor):
+            return _CROWD
+        self.spread = sum(abs(o - middle) for o in offsets) / len(offsets)
+        offset = math.remainder(t - anchor, period)
+        # The sender's slot before this frame's: its next frame is one period after it.
+        self.anchor = t - offset - period
+        self.intruder = t
+        mine = False
+        if size > 1:
+            before = ring[pos - 2]
+            if abs(offset) < abs(_phase_offset(before - anchor, period)):
+                # The frame before this one is the intruder's (it passed: it came first).
+                self.anchor = t - (1 - _PHASE_GAIN) * offset
+                self.intruder = before
+                mine = True
+            elif before > self.anchor + period / 2:
+                self.anchor += period  # the sender's frame of this slot came first
+        self.separated = True
+        self.confusion = 0.0
+        self._check_separation()
+        if not self.separated:
+            return _CROWD
+        return None if mine else Crowd(None, offset)
+
+    def _assign(self, t: float) -> tuple[bool, float]:
+        """Whether the frame at *t* is the sender's (else the intruder's), and its offset from
+        the sender's phase; the phase it belongs to moves towards it."""
+        intruder = self.intruder
+        assert intruder is not None
+        period = self.period
+        offset = _phase_offset(t - self.anchor, period)
+        other = _phase_offset(t - intruder, period)
+        mine = abs(offset) <= abs(other)
+        if mine:
+            if self.separated:
+                # The sender sends once a period: a frame it seems to have skipped, or to have
+                # sent twice, was assigned to the wrong stream.
+                slots = round((t - self.anchor) / period)
+                self.confusion += _CONFUSION_GAIN * ((slots != 1) - self.confusion)
+            self.anchor = t - (1 - _PHASE_GAIN) * offset
+        else:
+            self.intruder = t - (1 - _PHASE_GAIN) * other
+        if self.separated:
+            self._check_separation()
+        return mine, offset
+
+    def _check_separation(self) -> None:
+        """Give up telling the streams apart once their phases come closer than the sender's
+        jitter allows, or the frames assigned to the sender stop coming once a period: where
+        the phases cross, which one is which is lost for good (until the intruder stops), and
+        every frame is flagged while the count is over."""
+        intruder = self.intruder
+        apart = math.nan if intruder is None else _phase_offset(intruder - self.anchor, self.period)
+        if not abs(apart) >= _SEPARATION * self.spread or self.confusion > _CONFUSION_LIMIT:
+            self.separated = False
+
+    def _follow(self, t: float) -> None:
+        """Keep both phases up to date while the window is not too full."""
+        intruder = self.intruder
+        assert intruder is not None
+        if t - intruder > self.window or not math.isfinite(t):
+            self.intruder = None  # the intruder stopped (or the clock broke)
+            return
+        self._assign(t)
+
+    def condemns(self, detail: Any) -> bool:
+        # Only when the phases told the intruder's frame from the sender's.
+        return isinstance(detail, Crowd) and detail.offset is not None
+
+    def forget(self) -> object | None:
+        """Take the frame out of the sender's count (so the sender's next frames are not judged
+        too many because of it) and count it apart: a frame the window cannot hold with the
+        condemned frames beside the sender's is flagged here too — the id runs too fast. The
+        phases are left as they are (the frame moved at most one anchor a quarter of the way)."""
+        pos = self.pos - 1
+        if pos < 0:
+            pos = self.size - 1
+        ring = self.ring
+        t = ring[pos]
+        ring[pos] = self.overwritten
+        self.pos = pos
+        condemned = self.condemned
+        lo = t - self.window
+        while condemned and not condemned[0] > lo:  # "not >" also drops NaN times
+            condemned.popleft()
+        condemned.append(t)
+        count = self.count_since(lo) + len(condemned)
+        if count > self.max_count:
+            return Crowd(count, None, len(condemned))
         return None
 
     def observed(self, detail: Any) -> str:
-        if detail < 0:
-            return f"more than {self.max_count} frames in {_ms(self.window)}"
+        if isinstance(detail, Crowd):
+            if detail.frames is None:
+                text = f"more than {self.max_count} frames in {_ms(self.window)}"
+            else:
+                text = f"{detail.frames} frames in {_ms(self.window)}"
+            if detail.condemned:
+                text += f", {detail.condemned} of them flagged by other rules"
+            if detail.offset is not None:
+                text += f"; this one {_ms(abs(detail.offset))} off the sender's phase"
+            return text
         return f"{detail} frames in {_ms(self.window)}"
 
 
@@ -277,6 +513,9 @@ class FloodDetector(_WindowCounter):
             if mine >= self.min_count:
                 return (can_id, mine)
         return None
+
+    def condemns(self, detail: Any) -> bool:
+        return False  # every frame of the flooding id, the sender's too
 
     def observed(self, detail: Any) -> str:
         can_id, mine = detail
@@ -344,11 +583,14 @@ class PayloadDetector(Detector):
 
 
 class _CounterBase(Detector):
-    """A rolling counter read from the payload, judged step by step with resynchronisation (see
-    the module docstring): ``good`` is the last accepted value, ``suspect`` the last flagged one
-    when no good value came after it."""
+    """A rolling counter read from the payload, judged step by step with resynchronisation and
+    taking back (see the module docstring): ``good`` is the last accepted value, ``suspect`` the
+    last flagged one when no good value came after it, ``fallback`` the reference before a
+    resynchronisation until the new sequence has gone on once more."""
 
-    __slots__ = ("field", "good", "modulus", "suspect")
+    __slots__ = ("fallback", "field", "good", "modulus", "saved", "suspect")
+
+    follows_sequence = True
 
     def __init__(self, rule: Rule, can_id: int, field: SignalField, expected: str) -> None:
         super().__init__(rule, can_id, expected)
@@ -356,6 +598,8 @@ class _CounterBase(Detector):
         self.modulus = 1 << field.length
         self.good: int | None = None
         self.suspect: int | None = None
+        self.fallback: int | None = None
+        self.saved: tuple[int | None, int | None, int | None] = (None, None, None)
 
     def acceptable(self, step: int) -> bool:
         """Whether a step of *step* (modulo the counter's range) is what the rule allows."""
@@ -363,21 +607,35 @@ class _CounterBase(Detector):
 
     def check(self, frame: Any, t: float) -> object | None:
         value = self.field.read(frame.data)
-        good = self.good
+        good, suspect, fallback = self.good, self.suspect, self.fallback
+        self.saved = (good, suspect, fallback)
         if good is None:
             self.good = value
             return None
-        if self.acceptable((value - good) % self.modulus):
+        acceptable, modulus = self.acceptable, self.modulus
+        if acceptable((value - good) % modulus):
             self.good = value
-            self.suspect = None
+            self.suspect = self.fallback = None
             return None
-        suspect = self.suspect
-        if suspect is not None and self.acceptable((value - suspect) % self.modulus):
+        if fallback is not None and acceptable((value - fallback) % modulus):
+            # The sequence from before the resynchronisation goes on: the new one was a second
+            # stream, and this frame, continuing the established one, is the sender's.
+            self.good = value
+            self.suspect = self.fallback = None
+            return None
+        if suspect is not None and acceptable((value - suspect) % modulus):
             self.good = value
             self.suspect = None
+            self.fallback = good
             return None
         self.suspect = value
         return (good, value)
+
+    def condemns(self, detail: Any) -> bool:
+        return False  # judged against the previous frame, which may be the forged one
+
+    def forget(self) -> None:
+        self.good, self.suspect, self.fallback = self.saved
 
     def observed(self, detail: Any) -> str:
         return f"counter {detail[1]} after {detail[0]}"
@@ -553,18 +811,27 @@ class SignalRangeDetector(Detector):
 
 class SignalRateDetector(Detector):
     """Flags a decoded value that moved more than ``max_step + max_rate·Δt`` since the last good
-    one (with resynchronisation, see the module docstring)."""
+    one (with resynchronisation and taking back, see the module docstring); ``good`` and
+    ``suspect`` are ``(value, time)`` pairs.
 
-    __slots__ = ("good", "good_t", "max_rate", "max_step", "signal", "suspect", "suspect_t")
+    No fallback as counters have: a learned allowance is wide (a car's physics with a margin),
+    so a forged value often fits it and becomes the reference unflagged; the "established"
+    sequence a fallback would return to is then the forgery's (on the RAV4 log, a plausible
+    forged speed is pinpointed 40 points worse with one). Forged values that other rules
+    condemn are taken back instead.
+    """
+
+    __slots__ = ("good", "max_rate", "max_step", "saved", "signal", "suspect")
+
+    follows_sequence = True
 
     def __init__(self, rule: Rule, can_id: int, entry: SignalRateEntry) -> None:
-        self.good: float | None = None
-        self.suspect: float | None = None
+        self.good: tuple[float, float] | None = None
+        self.suspect: tuple[float, float] | None = None
+        self.saved: tuple[tuple[float, float] | None, tuple[float, float] | None] = (None, None)
         self.signal = entry.signal
         self.max_rate = entry.max_rate
         self.max_step = entry.max_step
-        self.good_t = 0.0
-        self.suspect_t = 0.0
         super().__init__(
             rule,
             can_id,
@@ -573,24 +840,31 @@ class SignalRateDetector(Detector):
         )
 
     def check_value(self, value: float, t: float) -> object | None:
-        good = self.good
+        good, suspect = self.good, self.suspect
+        self.saved = (good, suspect)
         if good is None:
-            self.good, self.good_t = value, t
+            self.good = (value, t)
             return None
-        dt = t - self.good_t
-        if abs(value - good) <= self.max_step + self.max_rate * (dt if dt > 0 else 0.0):
-            self.good, self.good_t = value, t
+        max_step, max_rate = self.max_step, self.max_rate
+        dt = t - good[1]
+        if abs(value - good[0]) <= max_step + max_rate * (dt if dt > 0 else 0.0):
+            self.good = (value, t)
             self.suspect = None
             return None
-        suspect = self.suspect
         if suspect is not None:
-            dt = t - self.suspect_t
-            if abs(value - suspect) <= self.max_step + self.max_rate * (dt if dt > 0 else 0.0):
-                self.good, self.good_t = value, t
+            since = t - suspect[1]
+            if abs(value - suspect[0]) <= max_step + max_rate * (since if since > 0 else 0.0):
+                self.good = (value, t)
                 self.suspect = None
                 return None
-        self.suspect, self.suspect_t = value, t
-        return (good, value, t - self.good_t)
+        self.suspect = (value, t)
+        return (good[0], value, dt)
+
+    def condemns(self, detail: Any) -> bool:
+        return False  # judged against the previous value, which may be the forged one
+
+    def forget(self) -> None:
+        self.good, self.suspect = self.saved
 
     def observed(self, detail: Any) -> str:
         good, value, dt = detail

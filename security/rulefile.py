@@ -4,6 +4,7 @@
 traffic, and people add to it by hand::
 
     version = 1                                    # optional; the only version so far
+    revision = 7                                   # optional: this rule set's revision
 
     [[rule]]
     id = "can0.allowlist"                          # required, unique: 1–64 of A-Z a-z 0-9 _ . : -
@@ -103,6 +104,12 @@ has; a context condition's signals are on the rule's bus unless named with their
 and checksum rules need the DBC files of their bus (``--dbc``); SecOC rules a key file
 (``--keys``, :mod:`security.keys`).
 
+**Revision.** ``revision`` (a whole number, 0 … 2⁶³ − 1) numbers the versions of one vehicle's
+rule set; ``version`` is the file *format*'s. A rule set pushed to a vehicle (``cmd/ids-rules``)
+must have one, and the vehicle refuses a lower revision than the one it applied, or the same
+revision with other rules (anti-rollback: a replayed old update cannot weaken detection). Files
+read by ``tbox ids run`` may leave it out.
+
 **Errors** are :class:`~security.errors.RuleFileError` naming the source, the line, the key and
 the rule: ``rules.toml:31: rule[2].messages[4].period_ms: -3 must be > 0 and ≤ 3.6e+06 (rule
 'can0.timing')``.
@@ -169,15 +176,19 @@ from security.secoc import SecOcProfile
 __all__ = [
     "FORMAT_VERSION",
     "MAX_ENTRIES",
+    "MAX_REVISION",
     "MAX_RULES",
     "format_rules",
     "load_rules",
     "parse_rule_document",
     "parse_rules",
+    "rollback_problem",
 ]
 
 #: The document format's version (``version = 1``).
 FORMAT_VERSION: Final = 1
+#: The largest ``revision`` (an int64 in any backend's database).
+MAX_REVISION: Final = 2**63 - 1
 #: Most rules in one document, and most entries (or allowlisted ids) in one rule.
 MAX_RULES: Final = 4096
 MAX_ENTRIES: Final = 65536
@@ -268,6 +279,28 @@ def parse_rules(text: str, source: str = "<string>") -> RuleSet:
     return _Builder(text, source).document(data)
 
 
+def rollback_problem(applied: RuleSet, update: RuleSet) -> str | None:
+    """Why *update* must not replace *applied* — it would roll the rules back — or None.
+
+    Refused: no revision when the applied rules have one, a lower revision, or the applied
+    revision with other rules (two rule sets must not share a number). The same rules again are
+    fine: a resent update changes nothing.
+    """
+    old, new = applied.revision, update.revision
+    if old is None:
+        return None
+    if new is None:
+        return f"the rule set has no revision; the applied one is revision {old}"
+    if new < old:
+        return f"revision {new} is older than the applied revision {old} (a rollback)"
+    if new == old and update.rules != applied.rules:
+        return (
+            f"revision {new} is applied already, with other rules: a changed rule set needs a "
+            "higher revision"
+        )
+    return None
+
+
 def parse_rule_document(data: Mapping[str, Any], source: str) -> RuleSet:
     """Validate a rule document that arrived decoded (JSON, a command payload) into a rule set.
 
@@ -305,12 +338,20 @@ class _Builder:
         if not isinstance(data, Mapping):
             raise RuleFileError(self.source, None, f"must be a table, not {_kind(data)}")
         for key in data:
-            if key not in ("version", "rule"):
-                self.fail((str(key),), "unknown key (expected one of: version, rule)")
+            if key not in ("version", "revision", "rule"):
+                self.fail((str(key),), "unknown key (expected one of: version, revision, rule)")
         if "version" in data:
             version = data["version"]
             if isinstance(version, bool) or version != FORMAT_VERSION:
                 self.fail(("version",), f"{version!r} is not supported (expected 1)")
+        revision = None
+        if "revision" in data:
+            revision = data["revision"]
+            # Strictly an integer: 7.0 or "7" are more likely mistakes than intent here.
+            if isinstance(revision, bool) or not isinstance(revision, int):
+                self.fail(("revision",), f"must be a whole number, not {_kind(revision)}")
+            if not 0 <= revision <= MAX_REVISION:
+                self.fail(("revision",), f"{revision} is out of range [0, 2**63 - 1]")
         raw = data.get("rule", [])
         if not isinstance(raw, list):
             self.fail(("rule",), f"must be an array of tables ([[rule]]), not {_kind(raw)}")
@@ -342,7 +383,7 @@ class _Builder:
                     "which defines what is unknown",
                 )
         self.index = self.rule_id = None
-        return RuleSet(tuple(rules), self.source, self.text)
+        return RuleSet(tuple(rules), self.source, self.text, revision)
 
     def rule(self, index: int, tbl: object) -> Rule:
         if not isinstance(tbl, Mapping):
@@ -833,12 +874,14 @@ def format_rules(rules: RuleSet | Iterable[Rule], *, header: str = "") -> str:
     """*rules* as a rule file (TOML) that loads into an equal rule set.
 
     *header* lines become comments at the top. CAN ids are written in hex, entries one inline
-    table per line.
+    table per line; a rule set's ``revision`` is kept.
     """
     out: list[str] = []
     for line in header.splitlines():
         out.append(f"# {line}".rstrip())
     out.append(f"version = {FORMAT_VERSION}")
+    if isinstance(rules, RuleSet) and rules.revision is not None:
+        out.append(f"revision = {rules.revision}")
     for rule in rules:
         out.append("")
         out.append("[[rule]]")

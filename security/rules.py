@@ -455,11 +455,14 @@ class RuleSet:
     """The rules of one document, in file order, with where they came from.
 
     ``text`` is the document's text when it was a file (for locating keys in binding errors).
+    ``revision`` is the document's ``revision`` (None when it has none): rule sets pushed to a
+    vehicle must have one, and a vehicle refuses a lower one than it applied (anti-rollback).
     """
 
     rules: tuple[Rule, ...] = ()
     source: str = "<rules>"
     text: str | None = field(default=None, compare=False, repr=False)
+    revision: int | None = None
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)

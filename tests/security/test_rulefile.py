@@ -317,7 +317,10 @@ def test_errors_name_file_line_key_and_rule(body: str, expected: str) -> None:
         ("rule = 3\n", "bad.toml:1: rule: must be an array of tables ([[rule]]), not a number"),
         ("version = 2\n", "bad.toml:1: version: 2 is not supported (expected 1)"),
         ("[[rule]\n", "bad.toml:1: TOML syntax error: "),
-        ("rules = []\n", "bad.toml:1: rules: unknown key (expected one of: version, rule)"),
+        (
+            "rules = []\n",
+            "bad.toml:1: rules: unknown key (expected one of: version, revision, rule)",
+        ),
         ('[[rule]]\nkind = "dlc"\n', "bad.toml:1: rule[0].id: is required"),
         ('[[rule]]\nid = "a b"\n', "bad.toml:2: rule[0].id: 'a b' must be 1–64 characters"),
         ('[[rule]]\nid = "a"\nkind = "magic"\n', "bad.toml:3: rule[0].kind: 'magic' is not one of"),
