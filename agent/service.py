@@ -205,6 +205,7 @@ class AgentService:
         from ota.campaign_runner import CampaignRunner, StepBudgets
         from ota.campaign_store import CampaignStore
         from ota.health_check import CommandCheck
+        from ota.image_cache import ImageCache
         from ota.update_client import UpdateClient, UpdateClientConfig
         from ota.update_source import UpdateClientSource
 
@@ -262,6 +263,7 @@ class AgentService:
             budgets=StepBudgets(download_stall_s=ota.download_stall_s),
             boot_on_start=ota.boot_on_start,
             ecus=fleet,
+            ecu_images=ImageCache(cfg.state_dir / "campaign" / "ecu-images"),
         )
         async with runner:
             self._campaigns = runner

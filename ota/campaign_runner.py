@@ -133,7 +133,8 @@ from ota.campaign import (
 from ota.campaign_store import CampaignStore
 from ota.errors import CampaignBusyError, CampaignStateError, EcuLaneError, SlotSequenceError
 from ota.health_check import HealthCheck, HealthResult
-from ota.slot_state import SlotStatus
+from ota.image_cache import BaseImages, ChainedBases, ImageCache, KnownImages
+from ota.slot_state import Slot, SlotStatus
 
 __all__ = [
     "STATUS_PRIORITY",
@@ -174,7 +175,14 @@ class UpdateSource(Protocol[TargetT]):
         """
         ...
 
-    def download(self, target: TargetT, dest: Path, progress: Callable[[int, int], None]) -> Path:
+    def download(
+        self,
+        target: TargetT,
+        dest: Path,
+        progress: Callable[[int, int], None],
+        *,
+        bases: BaseImages | None = None,
+    ) -> Path:
         """Download *target* into the directory *dest*; the path of the verified file.
 
         Resumes what an earlier call (even in an earlier process) left in *dest*. Calls
@@ -212,6 +220,10 @@ class SlotInstaller(Protocol):
 
     def rollback(self, reason: str) -> SlotStatus:
         """Abandon the pending update for the committed slot."""
+        ...
+
+    def image_path(self, slot: Slot) -> Path:
+        """The image file of *slot* (a delta's base when it is the committed one)."""
         ...
 
     def status(self) -> SlotStatus:
@@ -344,6 +356,7 @@ class CampaignRunner:
         boot_on_start: bool = True,
         clock: Callable[[], float] = time.time,
         ecus: EcuUpdater | None = None,
+        ecu_images: ImageCache | None = None,
     ) -> None:
         self._store = store
         self._installer = installer
@@ -358,6 +371,7 @@ class CampaignRunner:
         self._boot_on_start = boot_on_start
         self._clock = clock
         self._ecus = ecus
+        self._ecu_images = ecu_images
         self._campaign: Campaign | None = None
         self._group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
@@ -572,7 +586,10 @@ class CampaignRunner:
             self._progress_at = time.monotonic()
             what = f"downloading {target.name}"
             async with self._watchdog(c, what, self._budgets.download_stall_s) as dog:
-                path = await asyncio.to_thread(self._source.download, live, dest, progress)
+                bases = await asyncio.to_thread(self._bases)
+                path = await asyncio.to_thread(
+                    self._source.download, live, dest, progress, bases=bases
+                )
         except Exception as e:
             event: Event = self._failure(c, e)
         else:
@@ -779,8 +796,15 @@ class CampaignRunner:
         # Still pending after a rollback: never report what the installer does not say.
         raise RuntimeError(f"{c.describe()}: the update is still pending after a rollback")
 
+    def _bases(self) -> BaseImages:
+        """What a delta may patch: the committed T-box image and the ECU images flashed before."""
+        committed = self._installer.status().committed
+        known = KnownImages({committed.image.sha256: self._installer.image_path(committed.slot)})
+        return known if self._ecu_images is None else ChainedBases(known, self._ecu_images)
+
     async def _conclude(self, c: Campaign) -> None:
-        """An ended campaign: roll back what it left pending, delete its downloads."""
+        """An ended campaign: roll back what it left pending, keep the images its ECUs now run
+        (the bases of later deltas), delete its downloads."""
         abandoned, self._abandoned = self._abandoned, None
         if abandoned is not None:
             log.warning("ota: %s: waiting for the abandoned install to end", c.describe())
@@ -791,6 +815,13 @@ class CampaignRunner:
             log.warning("ota: %s: rolling back its pending update", c.describe())
             with contextlib.suppress(SlotSequenceError):  # it ended by itself meanwhile
                 await asyncio.to_thread(self._installer.rollback, reason)
+        if self._ecu_images is not None and c.step is Step.COMMITTED:
+            for lane in c.ecus:
+                if lane.phase is LanePhase.COMMITTED and lane.download is not None:
+                    try:
+                        await asyncio.to_thread(self._ecu_images.add, Path(lane.download))
+                    except (OSError, TboxError) as e:  # only a later delta is lost
+                        log.warning("ota: cannot keep %s for deltas: %s", lane.download, e)
         await asyncio.to_thread(self._store.discard_downloads)
 
     async def _abort(self, c: Campaign, error: Exception) -> None:

@@ -191,6 +191,9 @@ class ResumableFetcher(FetcherInterface):
         self.resume_min_bytes = resume_min_bytes
         self.chunk_bytes = chunk_bytes
         self.stats = FetchStats()
+        #: Called with the size of every chunk received over the network, from the fetching
+        #: thread (progress reports; set and cleared by whoever drives one download).
+        self.on_bytes: Callable[[int], None] | None = None
         self._clock = clock
         self._timeout = urllib3.Timeout(connect=socket_timeout_s, read=socket_timeout_s)
         # No automatic retries or redirects: the caller decides when to retry, and a resume
@@ -268,6 +271,8 @@ class ResumableFetcher(FetcherInterface):
             for chunk in response.stream(self.chunk_bytes):
                 floor.update(self._clock(), len(chunk))
                 self.stats.received += len(chunk)
+                if self.on_bytes is not None:
+                    self.on_bytes(len(chunk))
                 yield chunk
             complete = True
         except urllib3.exceptions.TimeoutError as e:

@@ -17,6 +17,8 @@ Usage::
 
     image = RepositoryDirectory.init(Path("image"), RepositoryKind.IMAGE)
     image.add_target(Path("fw.bin"), name="bms/fw-12.bin", custom=TargetCustom(...))
+    image.add_delta_target(Path("fw13.bin"), base=Path("fw.bin"), name="bms/fw-13.bin",
+                           custom=TargetCustom(...))   # + patch target bms/fw-13.bin.from-….bsdiff4
     director = RepositoryDirectory.init(Path("director"), RepositoryKind.DIRECTOR)
     director.assign(image, vehicle_id="VIN1", target_name="bms/fw-12.bin", ecu_id="bms")
     image.refresh(timestamp_only=True)       # the daily job of the online timestamp key
@@ -29,12 +31,16 @@ constructor, then in the directory named by ``repository.toml``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api.metadata import Metadata, Root, TargetFile
@@ -60,7 +66,7 @@ from ota.repository_config import (
     parse_config,
 )
 from ota.repository_files import MetadataDir, TargetsDir, locked
-from ota.target_info import TargetCustom, check_target_name, make_target_file
+from ota.target_info import DeltaDescriptor, TargetCustom, check_target_name, make_target_file
 
 __all__ = ["DEFAULT_RESIGN_WITHIN", "RepositoryDirectory", "default_keys_dir"]
 
@@ -225,6 +231,72 @@ class RepositoryDirectory:
             )
             new = self._decide(partial(decisions.add_target, old, target))
             return target, self._rel(metadata, metadata.save(new, old))
+
+    def add_delta_target(
+        self,
+        source: Path,
+        *,
+        base: Path,
+        name: str,
+        custom: TargetCustom,
+        patch_name: str | None = None,
+        sha512: bool = False,
+    ) -> tuple[TargetFile, TargetFile, list[str]]:
+        """Publish file *source* as target *name* with a bsdiff4 delta from image file *base*;
+        the image's target, the patch's target and the files written.
+
+        The patch is computed here (:func:`ota.delta.make_delta`, in memory; slow for large
+        images), checked by applying it, and published as target *patch_name* (default
+        ``<name>.from-<base sha256, 12 digits>.bsdiff4``, with *custom*'s fields) in the same
+        targets version as the image, whose ``custom.delta`` names it. Refused
+        (:class:`OtaUsageError`) when the patch is not smaller than the image.
+        """
+        from ota.delta import apply_delta, make_delta
+
+        self._require(RepositoryKind.IMAGE, "add-target")
+        check_target_name(name)
+        if custom.delta is not None:
+            raise OtaUsageError("give either a delta descriptor or a base image, not both")
+        old_image = _read_image(base, "delta base")
+        new_image = _read_image(source, "image")
+        base_sha256 = hashlib.sha256(old_image).hexdigest()
+        image_sha256 = hashlib.sha256(new_image).hexdigest()
+        if patch_name is None:
+            patch_name = f"{name}.from-{base_sha256[:12]}.bsdiff4"
+        check_target_name(patch_name)
+        if patch_name == name:
+            raise OtaUsageError(f"the delta patch cannot be named like the image ({name!r})")
+        patch = make_delta(old_image, new_image)
+        if len(patch) >= len(new_image):
+            raise OtaUsageError(
+                f"the delta from {base} is {len(patch):,} bytes, not smaller than the image "
+                f"({len(new_image):,} bytes): publish the image without a delta"
+            )
+        # The vehicle's own check, here: a patch that does not rebuild the image is never signed.
+        apply_delta(
+            old_image,
+            patch,
+            target_sha256=image_sha256,
+            target_length=len(new_image),
+            base_sha256=base_sha256,
+        )
+        del old_image, new_image
+        image_custom = dataclasses.replace(
+            custom, delta=DeltaDescriptor(from_sha256=base_sha256, patch=patch_name)
+        )
+        with locked(self.path):
+            metadata = self._metadata()
+            old = metadata.load()
+            patch_target = self._import_bytes(
+                patch, lambda f: make_target_file(patch_name, f, custom, sha512=sha512)
+            )
+            target = self._targets_dir().import_file(
+                source, lambda f: make_target_file(name, f, image_custom, sha512=sha512)
+            )
+            if target.hashes["sha256"] != image_sha256:
+                raise OtaInputError(f"{source} changed while it was being published")
+            new = self._decide(partial(_add_targets, old, (patch_target, target)))
+            return target, patch_target, self._rel(metadata, metadata.save(new, old))
 
     def remove_target(self, name: str) -> list[str]:
         """Stop listing target *name* (its file stays for clients mid-download)."""
@@ -472,6 +544,23 @@ class RepositoryDirectory:
     def _metadata(self) -> MetadataDir:
         return MetadataDir(self.path / "metadata")
 
+    def _import_bytes(self, data: bytes, describe: Callable[[BinaryIO], TargetFile]) -> TargetFile:
+        """Publish *data* (made here, e.g. a patch) as :meth:`TargetsDir.import_file` does."""
+        try:
+            fd, name = tempfile.mkstemp(prefix=".delta-", dir=self.path)  # hidden: never served
+        except OSError as e:
+            raise OtaIOError(f"cannot write in {self.path}: {e.strerror or e}") from e
+        staged = Path(name)
+        try:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError as e:
+                raise OtaIOError(f"cannot write {staged}: {e.strerror or e}") from e
+            return self._targets_dir().import_file(staged, describe)
+        finally:
+            staged.unlink(missing_ok=True)
+
     def _targets_dir(self) -> TargetsDir:
         return TargetsDir(self.path / "targets")
 
@@ -656,6 +745,45 @@ def _full_keyid(prefix: str, keyids: Sequence[str], role: str) -> str:
             "hex digits)"
         )
     return matches[0]
+
+
+def _add_targets(
+    repo: RepositoryMetadata,
+    targets: Sequence[TargetFile],
+    signers: Mapping[str, Signer],
+    periods: Mapping[str, timedelta],
+    now: datetime,
+) -> RepositoryMetadata:
+    """*repo* with every one of *targets* listed, in one new targets version (as
+    :func:`ota.repository.add_target` does for one: identical ones change nothing, a different
+    one of a listed name is refused)."""
+    listed = copy.deepcopy(repo.targets.signed)
+    changed = False
+    for target in targets:
+        existing = listed.targets.get(target.path)
+        if existing == target:
+            continue
+        if existing is not None:
+            raise OtaUsageError(
+                f"target {target.path!r} already exists with other content or fields; publish "
+                "the new image under a new name"
+            )
+        listed.targets[target.path] = copy.deepcopy(target)
+        changed = True
+    if not changed:
+        return repo
+    return decisions.replace_targets(repo, listed, signers, periods, now)
+
+
+def _read_image(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise OtaUsageError(f"{what} {path}: no such file") from e
+    except IsADirectoryError as e:
+        raise OtaUsageError(f"{what} {path}: is a directory, not a file") from e
+    except OSError as e:
+        raise OtaIOError(f"cannot read {what} {path}: {e.strerror or e}") from e
 
 
 def _write_file(path: Path, data: bytes) -> None:

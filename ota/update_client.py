@@ -87,6 +87,7 @@ __all__ = [
     "DurableUpdater",
     "InstalledCounters",
     "PlannedTarget",
+    "Progress",
     "RecordingFetcher",
     "Repository",
     "Slot",
@@ -94,6 +95,7 @@ __all__ = [
     "UpdateClientConfig",
     "UpdatePlan",
     "classify_tuf_error",
+    "holds_target",
     "verify_assignments",
 ]
 
@@ -108,6 +110,10 @@ TARGET_WRITTEN = crashpoints.declare(
 
 #: What an assignment occupies on the vehicle: (image kind, ECU id or None for the T-box).
 Slot = tuple[ImageKind, str | None]
+
+#: Called with ``(bytes received so far, bytes expected)`` while a target downloads, from the
+#: downloading thread.
+Progress = Callable[[int, int], None]
 
 #: The installed release counter of each slot: a mapping, or a function returning None for a
 #: slot with nothing installed.
@@ -705,41 +711,76 @@ class UpdateClient:
             reference,
         )
 
-    def download(self, target: PlannedTarget, dest: Path) -> Path:
+    def download(
+        self, target: PlannedTarget, dest: Path, *, progress: Progress | None = None
+    ) -> Path:
         """Download *target* from the image repository to *dest*; the verified path.
 
         The image repository is refreshed first and must still list the target identically.
         The bytes are checked against the length and hashes before *dest* appears (written
         under a temporary name beside it, fsynced, renamed). A download interrupted — even by
         a power cut — resumes where its journal says on the next call; a *dest* (or its
-        temporary file) that already holds the target is not fetched again.
+        temporary file) that already holds the target is not fetched again. *progress* is
+        called with ``(bytes received in this call, target length)`` as bytes arrive.
         """
-        if _holds(dest, target):
+        tuf_target = target.target_file()
+        if holds_target(dest, tuf_target):
             return dest
-        partial = dest.with_name(f".{dest.name}.partial")
-        try:
-            if not _holds(partial, target):
-                self._download_to(target, partial)
-            _sync_file(partial)
-            TARGET_WRITTEN.hit()
-            partial.replace(dest)
-            fsync_dir(dest.parent)
-        except OSError as e:
-            raise OtaIOError(
-                f"cannot write target {target.name} to {dest}: {e.strerror or e}"
-            ) from e
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+        self._place(tuf_target, dest, lambda partial: self._download_to(target, partial, progress))
         return dest
+
+    def download_listed(
+        self,
+        name: str,
+        dest: Path,
+        *,
+        max_length: int | None = None,
+        progress: Progress | None = None,
+    ) -> TargetFile:
+        """Download target *name* as the image repository lists it now to *dest*, verified;
+        its listing (length and hashes from the signed metadata).
+
+        For targets no director assigns: a delta's patch, named by the ``delta`` custom field
+        of a verified target. Written, resumed and reported as by :meth:`download`. Refused
+        with :class:`UpdateRejectedError`: a name the repository does not list
+        (``invalid_metadata``), a target longer than *max_length* or ``max_target_bytes``
+        (``endless_data``, before any byte of it is fetched).
+        """
+        reference = self.clock.reference_time()
+        image = self._refreshed(Repository.IMAGE, reference)
+        self.clock.record(reference)
+        with tuf_errors("image", self.fetcher):
+            listed = image.get_targetinfo(name)
+        if listed is None:
+            raise UpdateRejectedError(
+                RejectionCode.INVALID_METADATA,
+                f"target {name}: the image repository does not list it",
+                repository="image",
+                role=name,
+            )
+        limit = self.config.max_target_bytes
+        if max_length is not None:
+            limit = min(limit, max_length)
+        if listed.length > limit:
+            raise UpdateRejectedError(
+                RejectionCode.ENDLESS_DATA,
+                f"target {name}: {listed.length:,} bytes is more than the {limit:,} allowed",
+                repository="image",
+                role=name,
+            )
+        if not holds_target(dest, listed):
+            self._place(listed, dest, lambda partial: self._fetch(image, listed, partial, progress))
+        return listed
 
     async def check_async(self, installed: InstalledCounters | None = None) -> UpdatePlan:
         """:meth:`check` in a worker thread."""
         return await asyncio.to_thread(self.check, installed)
 
-    async def download_async(self, target: PlannedTarget, dest: Path) -> Path:
+    async def download_async(
+        self, target: PlannedTarget, dest: Path, *, progress: Progress | None = None
+    ) -> Path:
         """:meth:`download` in a worker thread."""
-        return await asyncio.to_thread(self.download, target, dest)
+        return await asyncio.to_thread(lambda: self.download(target, dest, progress=progress))
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -760,7 +801,48 @@ class UpdateClient:
                 ) from e
         return self._roots[repository]
 
-    def _download_to(self, target: PlannedTarget, path: Path) -> None:
+    def _place(self, target: TargetFile, dest: Path, fetch: Callable[[Path], None]) -> None:
+        """Have *fetch* write *target* to a temporary file beside *dest* (unless it holds it
+        already), then rename it to *dest* durably."""
+        partial = dest.with_name(f".{dest.name}.partial")
+        try:
+            if not holds_target(partial, target):
+                fetch(partial)
+            _sync_file(partial)
+            TARGET_WRITTEN.hit()
+            partial.replace(dest)
+            fsync_dir(dest.parent)
+        except OSError as e:
+            raise OtaIOError(
+                f"cannot write target {target.path} to {dest}: {e.strerror or e}"
+            ) from e
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+    def _fetch(
+        self, image: DurableUpdater, target: TargetFile, path: Path, progress: Progress | None
+    ) -> None:
+        """ngclient's download of verified *target* to *path*, reporting bytes received."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        received = 0
+
+        def on_bytes(count: int) -> None:
+            nonlocal received
+            received += count
+            if progress is not None:
+                progress(min(received, target.length), target.length)
+
+        self.fetcher.on_bytes = on_bytes
+        try:
+            with tuf_errors("image", self.fetcher, role="target"):
+                # ngclient downloads through our fetcher (resumable) and checks length and
+                # hashes before it writes a byte to *path*.
+                image.download_target(target, str(path), self.config.image_targets_url)
+        finally:
+            self.fetcher.on_bytes = None
+
+    def _download_to(self, target: PlannedTarget, path: Path, progress: Progress | None) -> None:
         if target.length > self.config.max_target_bytes:
             raise UpdateRejectedError(
                 RejectionCode.ENDLESS_DATA,
@@ -782,11 +864,7 @@ class UpdateClient:
                 repository="image",
                 role=target.name,
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tuf_errors("image", self.fetcher, role="target"):
-            # ngclient downloads through our fetcher (resumable) and checks length and hashes
-            # before it writes a byte to *path*.
-            image.download_target(vouched, str(path), self.config.image_targets_url)
+        self._fetch(image, vouched, path, progress)
 
     def _refreshed(self, repository: Repository, reference: datetime) -> DurableUpdater:
         # A new Updater per refresh: ngclient refreshes once per instance. Always bootstrapped
@@ -811,10 +889,12 @@ class UpdateClient:
         return updater
 
 
-def _holds(path: Path, target: PlannedTarget) -> bool:
+def holds_target(path: Path, target: TargetFile) -> bool:
+    """Whether the file *path* exists and has *target*'s length and hashes (blocking: reads
+    the whole file)."""
     try:
         with path.open("rb") as f:
-            target.target_file().verify_length_and_hashes(f)
+            target.verify_length_and_hashes(f)
     except (OSError, exceptions.LengthOrHashMismatchError):
         return False
     return True

@@ -3,8 +3,9 @@
 * ``tbox ota repo init DIR --kind image|director [--vehicle-id ID …] [--keys DIR]
   [--threshold ROLE=N …] [--expires ROLE=DAYS …]`` — a new repository and its keys.
 * ``tbox ota repo add-target DIR FILE --hardware-id HW --release-counter N --kind tbox|ecu
-  [--name NAME] [--ecu-id ID] [--sha512] [--delta-from SHA256 --delta-patch NAME]`` — publish an
-  image in an image repository.
+  [--name NAME] [--ecu-id ID] [--sha512] [--delta-base OLD [--delta-patch NAME] | --delta-from
+  SHA256 --delta-patch NAME]`` — publish an image in an image repository (with a bsdiff4 delta
+  computed from image file OLD, or describing a patch target already published).
 * ``tbox ota repo remove-target DIR NAME`` — stop listing an image.
 * ``tbox ota repo assign DIRECTOR --image-repo DIR --vehicle-id ID --target NAME [--ecu-id ID]``
   and ``tbox ota repo unassign DIRECTOR --vehicle-id ID --target NAME`` — what a vehicle runs.
@@ -162,7 +163,9 @@ def _add_add_target(sub: Any) -> None:
         description=(
             "Copy FILE into DIR/targets under its hash-prefixed name and list it in a new "
             "targets version with its length, sha256 (and sha512) and custom fields, then new "
-            "snapshot and timestamp versions. Needs the targets, snapshot and timestamp keys."
+            "snapshot and timestamp versions. Needs the targets, snapshot and timestamp keys. "
+            "With --delta-base OLD, also a bsdiff4 patch from OLD to FILE (published in the "
+            "same targets version), which vehicles running OLD download instead of FILE."
         ),
     )
     p.add_argument("dir", metavar="DIR", type=Path, help="the image repository")
@@ -192,7 +195,18 @@ def _add_add_target(sub: Any) -> None:
         help="with --delta-patch: the sha256 of the image a patch turns into this one",
     )
     p.add_argument(
-        "--delta-patch", metavar="NAME", help="with --delta-from: the patch's target name (bsdiff4)"
+        "--delta-patch",
+        metavar="NAME",
+        help="with --delta-from: the patch's target name (bsdiff4); with --delta-base: the name "
+        "to publish the computed patch under (default: NAME.from-<sha256 of OLD>.bsdiff4)",
+    )
+    p.add_argument(
+        "--delta-base",
+        metavar="OLD",
+        type=Path,
+        help="compute a bsdiff4 patch from image file OLD (what vehicles run now) to FILE, "
+        "publish it as a target too and describe it in FILE's target: vehicles holding OLD "
+        "download the patch instead of the image",
     )
     _add_keys_option(p)
     p.set_defaults(handler=_add_target)
@@ -473,7 +487,9 @@ def _init(args: argparse.Namespace) -> int:
 def _add_target(args: argparse.Namespace) -> int:
     from ota.target_info import DeltaDescriptor, ImageKind, TargetCustom
 
-    if (args.delta_from is None) != (args.delta_patch is None):
+    if args.delta_base is not None and args.delta_from is not None:
+        raise UsageError("--delta-base computes the delta; --delta-from describes one: not both")
+    if args.delta_base is None and (args.delta_from is None) != (args.delta_patch is None):
         raise UsageError("--delta-from and --delta-patch go together")
     delta = (
         None
@@ -489,7 +505,24 @@ def _add_target(args: argparse.Namespace) -> int:
     )
     repository = _open(args)
     name = args.name if args.name is not None else args.file.name
-    target, written = repository.add_target(args.file, name=name, custom=custom, sha512=args.sha512)
+    if args.delta_base is not None:
+        target, patch, written = repository.add_delta_target(
+            args.file,
+            base=args.delta_base,
+            name=name,
+            custom=custom,
+            patch_name=args.delta_patch,
+            sha512=args.sha512,
+        )
+        print(
+            f"added delta {patch.path} ({patch.length} bytes, "
+            f"{100 * patch.length / max(target.length, 1):.1f} % of the image) from "
+            f"{args.delta_base} (sha256 {target.custom['delta']['from_sha256'][:16]}…)"
+        )
+    else:
+        target, written = repository.add_target(
+            args.file, name=name, custom=custom, sha512=args.sha512
+        )
     print(
         f"added {target.path} ({target.length} bytes, sha256 {target.hashes['sha256'][:16]}…) "
         f"to {args.dir}" + ("" if written else " (it was there already)")

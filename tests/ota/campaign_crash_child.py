@@ -128,9 +128,15 @@ class LocalSource:
         return list(self.targets)
 
     def download(
-        self, target: LocalTarget, dest: Path, progress: Callable[[int, int], None]
+        self,
+        target: LocalTarget,
+        dest: Path,
+        progress: Callable[[int, int], None],
+        *,
+        bases: object = None,
     ) -> Path:
-        """Copy *target* into *dest*, resuming a partial copy; the verified file."""
+        """Copy *target* into *dest*, resuming a partial copy; the verified file (no deltas:
+        *bases* is not used)."""
         self.downloads += 1
         final = dest / Path(target.name).name
         if final.exists():

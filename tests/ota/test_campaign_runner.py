@@ -69,7 +69,7 @@ class SlowInstaller(AbInstaller):
 class WrongFileSource(LocalSource):
     """An update client with a bug: it returns a file that is not the target."""
 
-    def download(self, target: LocalTarget, dest: Path, progress: Any) -> Path:
+    def download(self, target: LocalTarget, dest: Path, progress: Any, **_: Any) -> Path:
         path = dest / "wrong.img"
         path.write_bytes(b"\0" * target.length)
         return path
