@@ -23,6 +23,7 @@ _SUBCOMMANDS = (
     "decode",
     "demo",
     "ecu",
+    "events",
     "flash",
     "ids",
     "monitor",
