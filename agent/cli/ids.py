@@ -156,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
     engine = IdsEngine(rules, databases=_BusDatabases(dbcs), keys=keys, config=config)
     try:
         counts = run_log(args.log, engine, frames=args.frames, out=sys.stdout)
+    except BrokenPipeError:
+        raise  # `tbox ids run … --frames | head`: the reader is done (the CLI exits 0)
     except OSError as e:
         raise InputError(f"cannot read {args.log}: {e.strerror or e}") from e
     finally:
