@@ -6,6 +6,9 @@ SecOC keys — and builds, once, one :class:`BusPlan` per bus:
 * ``nodes``: a dict from CAN id to an :class:`IdNode` holding that id's detectors as ``(detector,
   bound check)`` pairs, its decoder and signal detectors, and the condition slots its signals
   feed. An id that is not in ``nodes`` on a bus with an allowlist is unknown.
+* plausibility rules put one detector among the signal checks of two ids: it judges the
+  frames of the checked signal's id and records the partner's latest value from the frames of
+  the partner's (``observe_partner``).
 * ``bus_checks`` (flood rules) run on every frame of the bus; ``unknown_checks`` (allowlist,
   unknown bursts) on frames of unknown ids; ``suspensions`` are judged by the engine's periodic
   scan of the bus clock.
@@ -35,6 +38,7 @@ from security.detectors import (
     DlcDetector,
     FloodDetector,
     PayloadDetector,
+    PlausibilityDetector,
     ReplayDetector,
     SecOcDetector,
     SignalRangeDetector,
@@ -53,6 +57,7 @@ from security.rules import (
     DlcSpec,
     FloodSpec,
     PayloadSpec,
+    PlausibilitySpec,
     ReplaySpec,
     Rule,
     RuleSet,
@@ -452,6 +457,22 @@ class _Compiler:
                 path = self.entry_path(rule, "signals", j, "signal")
                 can_id, name = self.bind_signal(rule, bus, rated.signal, path)
                 self.add_value_check(bus, can_id, name, SignalRateDetector(rule, can_id, rated))
+        elif isinstance(spec, PlausibilitySpec):
+            for j, paired in enumerate(spec.entries):
+                path = self.entry_path(rule, "signals", j, "signal")
+                can_id, name = self.bind_signal(rule, bus, paired.signal, path)
+                partner_bus = paired.partner_bus if paired.partner_bus is not None else bus
+                partner_path = self.entry_path(rule, "signals", j, "partner")
+                partner_id, partner_name = self.bind_signal(
+                    rule, partner_bus, paired.partner, partner_path
+                )
+                shown = paired.partner if partner_bus == bus else f"{partner_bus}:{paired.partner}"
+                plausible = PlausibilityDetector(rule, can_id, paired, paired.signal, shown)
+                self.add_value_check(bus, can_id, name, plausible)
+                # The partner's frames feed the detector its latest value.
+                self.value_checks.setdefault((partner_bus, partner_id), []).append(
+                    (partner_name, plausible, plausible.observe_partner)
+                )
         elif isinstance(spec, CounterSpec):
             for j, counted in enumerate(spec.entries):
                 path_of = functools.partial(self.entry_path, rule, "messages", j)

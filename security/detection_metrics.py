@@ -15,10 +15,12 @@ Which rules count per frame
     of the sender's own frames, heavy jitter) and every frame of an id that runs too slow. So
     they may flag genuine frames: they say *that* a bus or id is under attack, which the latency
     measures, and not always *which* frames are injected. Every other rule (allowlist, unknown
-    bursts, DLC, payload, signal ranges and rates, counters, replay, checksums, SecOC, context)
-    judges the frame it flags, and a genuine frame it flags is a false positive — also when the
-    rule is right that something is wrong (a genuine frame whose counter repeats the one a forged
-    frame took is flagged by the counter rule and counted against precision). Scoring every rule
+    bursts, DLC, payload, signal ranges and rates, plausibility pairs, counters, replay,
+    checksums, SecOC, context) judges the frame it flags, and a genuine frame it flags is a false
+    positive — also when the rule is right that something is wrong (a genuine frame whose
+    counter repeats the one a forged frame took is flagged by the counter rule and counted
+    against precision; a genuine frame whose signal disagrees with a forged partner, by the
+    plausibility rule). Scoring every rule
     instead (``counted`` None) gives the verdict ``tbox ids run --frames`` prints.
 
 Detection latency

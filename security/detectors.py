@@ -48,6 +48,7 @@ from security.rules import (
     BytePattern,
     DlcEntry,
     FloodSpec,
+    PlausibilityEntry,
     Rule,
     SignalRangeEntry,
     SignalRateEntry,
@@ -67,6 +68,7 @@ __all__ = [
     "DlcDetector",
     "FloodDetector",
     "PayloadDetector",
+    "PlausibilityDetector",
     "ReplayDetector",
     "SecOcDetector",
     "SignalRangeDetector",
@@ -869,3 +871,117 @@ class SignalRateDetector(Detector):
     def observed(self, detail: Any) -> str:
         good, value, dt = detail
         return f"{self.signal} {_num(good)} → {_num(value)} in {_ms(dt)}"
+
+
+class PlausibilityDetector(Detector):
+    """Flags a signal that disagrees with its partner signal of another message: ``signal ≈
+    scale × partner + offset`` (see :class:`~security.rules.PlausibilityEntry`).
+
+    Two shapes in one object: :meth:`check_value` judges the frames carrying the checked
+    signal, :meth:`observe_partner` records the partner's latest value from the partner's frames
+    (the compiler puts one among the signal checks of each id). A frame is judged only when the
+    partner's value is at most ``max_age_ms`` old: a stale or missing partner says nothing (and
+    ends a run of disagreements). One disagreeing check is noise; the frame is flagged once the
+    disagreement has held for ``persistence`` checks in a row spanning ``persistence_ms``, and
+    every further disagreeing frame until a check agrees.
+
+    The finding condemns the frame (its value contradicts what other ECUs report), so the
+    sequence detectors of its id take it back. It follows a sequence in one sense: when another
+    rule condemns a partner frame, :meth:`forget` drops that partner value — a forged partner
+    must not make the genuine signal look wrong.
+    """
+
+    __slots__ = (
+        "fed",
+        "max_age",
+        "min_span",
+        "offset",
+        "partner",
+        "partner_name",
+        "partner_t",
+        "persistence",
+        "relative",
+        "scale",
+        "signal",
+        "since",
+        "streak",
+        "tolerance",
+    )
+
+    follows_sequence = True
+
+    def __init__(
+        self, rule: Rule, can_id: int, entry: PlausibilityEntry, signal: str, partner: str
+    ) -> None:
+        self.signal = signal
+        self.partner_name = partner
+        self.scale = entry.scale
+        self.offset = entry.offset
+        self.tolerance = entry.tolerance
+        self.relative = entry.relative
+        self.max_age = entry.max_age_ms / 1000
+        self.persistence = entry.persistence
+        self.min_span = entry.persistence_ms / 1000
+        self.partner = math.nan
+        self.partner_t = -math.inf
+        self.fed = False  # whether the last call recorded a partner value (see forget)
+        self.streak = 0  # disagreeing checks in a row
+        self.since = 0.0  # time of the first of them
+        band = _num(entry.tolerance)
+        if entry.relative:
+            band = (
+                f"{_num(entry.relative * 100)} %"
+                if not entry.tolerance
+                else f"({band} + {_num(entry.relative * 100)} %)"
+            )
+        relation = f"{_num(entry.scale)} × {partner}"
+        if entry.offset:
+            relation += f" {'+' if entry.offset > 0 else '−'} {_num(abs(entry.offset))}"
+        lasting = f"{entry.persistence} checks in a row"
+        if entry.persistence_ms:
+            lasting += f" over {_ms(self.min_span)}"
+        super().__init__(
+            rule,
+            can_id,
+            f"{signal} = {relation} ± {band} (partner at most {_ms(self.max_age)} old; "
+            f"flagged after {lasting})",
+        )
+
+    def observe_partner(self, value: float, t: float) -> object | None:
+        """Record the partner's value from one of its frames (never a finding)."""
+        self.partner = value
+        self.partner_t = t
+        self.fed = True
+        return None
+
+    def check_value(self, value: float, t: float) -> object | None:
+        self.fed = False
+        age = t - self.partner_t
+        if not 0 <= age <= self.max_age:  # none yet, stale, or the clock went back
+            self.streak = 0
+            return None
+        expected = self.scale * self.partner + self.offset
+        allowed = self.tolerance + self.relative * abs(expected)
+        if abs(value - expected) <= allowed:
+            self.streak = 0
+            return None
+        streak = self.streak + 1  # NaN values disagree too
+        if streak == 1:
+            self.since = t
+        self.streak = streak
+        if streak >= self.persistence and t - self.since >= self.min_span:
+            return (value, self.partner, expected, allowed, streak, t - self.since)
+        return None
+
+    def forget(self) -> None:
+        if self.fed:  # a condemned partner frame: no partner value until the next good one
+            self.partner_t = -math.inf
+            self.fed = False
+
+    def observed(self, detail: Any) -> str:
+        value, partner, expected, allowed, streak, span = detail
+        return (
+            f"{self.signal} = {_num(value)} while {self.partner_name} = {_num(partner)} "
+            f"(expected {_num(expected - allowed)} … {_num(expected + allowed)}; "
+            f"{streak} disagreeing checks in {_ms(span)})"
+        )

@@ -28,7 +28,8 @@ run in a worker thread while the engine keeps judging frames — and
 
 * every detector of a rule that is unchanged (same id, equal definition: kind, bus, entries,
   severity, description, event and sensor ids) — the same object, so timing windows, counters,
-  last good values, SecOC freshness and "silence already reported" survive;
+  last good values, SecOC freshness, "silence already reported", and a plausibility pair's
+  partner value and run of disagreements survive;
 * what the engine knows about the buses themselves, whatever the rules: each bus's clock and
   forensic frames, when each id was last seen, the latest values (and histories) of the signals
   conditions read;

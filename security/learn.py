@@ -23,7 +23,20 @@ writes, per bus, one rule of each kind it can learn:
   of its span each way (within the DBC's declared range); the largest change seen, as
   ``max_step`` (from intervals shorter than ``burst_dt_s``: loggers deliver bursts) and
   ``max_rate`` (longer intervals), times ``rate_margin``, and never below the signal crossing
-  its whole learned range in one second.
+  its whole learned range in one second;
+* ``plausibility`` — pairs of those signals from different messages that physics ties together
+  (a vehicle speed and a wheel speed, a motor speed): both must rise and fall, correlate
+  (|r| ≥ ``min_correlation``) on a grid of ``plausibility_grid_s`` steps, and so must their
+  changes (``min_change_correlation``: two quantities that merely drift over the recording do
+  not qualify). One pair per two messages, the best correlated, checking the signal of the
+  message sent less often against the latest value of the other (fresher) one — one direction
+  only: checking both, each would flag the other's genuine frames when one is forged; the
+  ``plausibility_pairs`` best pairs per bus. The relation ``signal ≈ scale × partner +
+  offset`` is fitted (least squares) on the pairs the engine will compare — each frame of the
+  signal with the partner's latest value — and the tolerance is ``tolerance_margin`` times the
+  ``tolerance_quantile`` of the residuals, at least their largest, plus the two signals'
+  resolutions; the partner may be ``age_margin`` times its longest gap old; a disagreement must
+  hold for ``plausibility_persistence`` checks over ``plausibility_persistence_ms``.
 
 Payload byte patterns are not learned: bits that stay constant through a recording are often
 merely idle (30 s of the RAV4 log keeps bits constant that change in the next 30 s, on a fifth of
@@ -38,6 +51,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +71,8 @@ from security.rules import (
     DlcEntry,
     DlcSpec,
     FloodSpec,
+    PlausibilityEntry,
+    PlausibilitySpec,
     ReplayEntry,
     ReplaySpec,
     Rule,
@@ -102,6 +118,18 @@ class LearnOptions:
     step_floor: float = 0.1
     burst_dt_s: float = 0.005
     min_counter_ratio: float = 0.95
+    plausibility_pairs: int = 4
+    min_correlation: float = 0.999
+    min_change_correlation: float = 0.9
+    plausibility_grid_s: float = 0.1
+    change_interval_s: float = 1.0
+    min_grid_points: int = 100
+    tolerance_quantile: float = 0.999
+    tolerance_margin: float = 2.0
+    age_margin: float = 2.0
+    plausibility_persistence: int = 5
+    plausibility_persistence_ms: float = 50.0
+    series_cap: int = 20_000
     severities: Mapping[str, Severity] = field(
         default_factory=lambda: {
             "allowlist": Severity.HIGH,
@@ -115,6 +143,7 @@ class LearnOptions:
             "checksum": Severity.HIGH,
             "signal_range": Severity.HIGH,
             "signal_rate": Severity.HIGH,
+            "plausibility": Severity.HIGH,
         }
     )
 
@@ -128,6 +157,12 @@ class LearnOptions:
                 raise ValueError(f"{name} must be ≥ 1")
         if not (self.flood_window_ms > 0 and self.burst_window_ms > 0):
             raise ValueError("windows must be > 0 ms")
+        if self.plausibility_pairs < 0 or not self.plausibility_grid_s > 0:
+            raise ValueError("plausibility_pairs must be ≥ 0 and plausibility_grid_s > 0")
+        if not (0 < self.min_correlation <= 1 and 0 < self.tolerance_quantile <= 1):
+            raise ValueError("min_correlation and tolerance_quantile must be in (0, 1]")
+        if self.plausibility_persistence < 1 or self.series_cap < 2:
+            raise ValueError("plausibility_persistence must be ≥ 1 and series_cap ≥ 2")
 
 
 def _round(value: float) -> float:
@@ -190,7 +225,11 @@ class _SignalStats:
         "max_step",
         "prev",
         "prev_t",
+        "seen",
+        "stride",
+        "times",
         "total",
+        "values",
     )
 
     def __init__(self) -> None:
@@ -203,6 +242,24 @@ class _SignalStats:
         self.max_rate = 0.0  # largest change per second over longer intervals
         self.total = 0.0  # sum of absolute changes
         self.changes = 0
+        # The series, for plausibility pairs: every value, or every stride-th beyond the cap.
+        self.times: array[float] = array("d")
+        self.values: array[float] = array("d")
+        self.stride = 1
+        self.seen = 0
+
+    def keep(self, t: float, v: float, cap: int) -> None:
+        """Add (t, v) to the series; at *cap* samples, keep every other one from then on."""
+        seen = self.seen
+        self.seen = seen + 1
+        if seen % self.stride:
+            return
+        self.times.append(t)
+        self.values.append(v)
+        if len(self.times) >= cap:
+            self.times = self.times[::2]
+            self.values = self.values[::2]
+            self.stride *= 2
 
 
 class BaselineLearner:
@@ -315,6 +372,7 @@ class BaselineLearner:
         excluded = self._excluded.get((bus, can_id), frozenset())
         limit = self.options.min_distinct
         burst = self.options.burst_dt_s
+        cap = self.options.series_cap
         for name, value in decoded.signals.items():
             if isinstance(value, str) or name in excluded:
                 continue
@@ -339,6 +397,7 @@ class BaselineLearner:
                 if dt >= burst and change / dt > s.max_rate:
                     s.max_rate = change / dt
             s.prev, s.prev_t = v, t
+            s.keep(t, v, cap)
 
     # -- the rules ------------------------------------------------------------------------------
 
@@ -509,6 +568,7 @@ class BaselineLearner:
         messages = self._messages.get(bus, {})
         ranges: list[SignalRangeEntry] = []
         rates: list[SignalRateEntry] = []
+        varying: list[_Candidate] = []
         for (b, can_id, name), s in sorted(self._signals.items()):
             if b != bus or len(s.distinct) < o.min_distinct or s.changes == 0:
                 continue
@@ -539,9 +599,10 @@ class BaselineLearner:
             )
             step += 2 * resolution
             rates.append(SignalRateEntry(qualified, _round_up(rate), _round_up(step)))
+            varying.append(_Candidate(can_id, qualified, s, resolution))
         if not ranges:
             return []
-        return [
+        rules = [
             self._rule(
                 f"{bus}.signal-range",
                 SignalRangeSpec(bus, tuple(ranges)),
@@ -553,6 +614,172 @@ class BaselineLearner:
                 f"signals on {bus} change no faster than physics and the recording allow",
             ),
         ]
+        pairs = self._plausibility(bus, varying)
+        if pairs:
+            rules.append(
+                self._rule(
+                    f"{bus}.plausibility",
+                    PlausibilitySpec(bus, tuple(pairs)),
+                    f"signals of different messages on {bus} agree as physics ties them",
+                )
+            )
+        return rules
+
+    def _plausibility(self, bus: str, candidates: list[_Candidate]) -> list[PlausibilityEntry]:
+        """The plausibility pairs of *bus* (see the module docstring)."""
+        o = self.options
+        if o.plausibility_pairs == 0 or len(candidates) < 2:
+            return []
+        lag = max(1, round(o.change_interval_s / o.plausibility_grid_s))
+        grids = _grid_series(candidates, o.plausibility_grid_s, lag, o.min_grid_points)
+        if grids is None:
+            return []
+        frames = {c.can_id: len(self._ids[(bus, c.can_id)].times) for c in candidates}
+        best: dict[tuple[int, int], tuple[float, _Candidate, _Candidate]] = {}
+        for i, a in enumerate(candidates):
+            za, da = grids[i]
+            if za is None:
+                continue
+            for j in range(i + 1, len(candidates)):
+                b = candidates[j]
+                zb, db = grids[j]
+                if zb is None or b.can_id == a.can_id:
+                    continue  # one message's signals are forged together: no check
+                r = abs(_dot(za, zb))
+                if r < o.min_correlation or abs(_dot(da, db)) < o.min_change_correlation:
+                    continue
+                # One direction per pair of messages (checking both, each would flag the
+                # other's genuine frames when one is forged): the message sent less often is
+                # checked against the latest value of the more frequent, fresher one.
+                checked, partner = a, b
+                if (frames[b.can_id], b.can_id) < (frames[a.can_id], a.can_id):
+                    checked, partner = b, a
+                key = (checked.can_id, partner.can_id)
+                held = best.get(key)
+                if held is None or r > held[0]:
+                    best[key] = (r, checked, partner)
+        chosen = sorted(best.values(), key=lambda item: (-item[0], item[1].can_id))
+        entries = []
+        for _, a, b in chosen:
+            entry = self._pair(a, b, bus)
+            if entry is not None:
+                entries.append(entry)
+            if len(entries) == o.plausibility_pairs:
+                break
+        return entries
+
+    def _pair(self, a: _Candidate, b: _Candidate, bus: str) -> PlausibilityEntry | None:
+        """The fitted relation and tolerance of *a* checked against *b*, as the engine will
+        compare them (each value of *a* with *b*'s latest, if fresh)."""
+        o = self.options
+        partner_times = sorted(self._ids[(bus, b.can_id)].times)
+        if len(partner_times) < 2:
+            return None
+        gap = max(y - x for x, y in itertools.pairwise(partner_times))
+        max_age = o.age_margin * gap
+        xs: list[float] = []
+        ys: list[float] = []
+        bt, bv = b.stats.times, b.stats.values
+        # Past the series cap, the partner's kept values are further apart than its frames.
+        fresh = max_age * b.stats.stride
+        k = -1
+        for t, v in zip(a.stats.times, a.stats.values, strict=True):
+            while k + 1 < len(bt) and bt[k + 1] <= t:
+                k += 1
+            if k >= 0 and t - bt[k] <= fresh:
+                xs.append(bv[k])
+                ys.append(v)
+        n = len(xs)
+        if n < o.min_grid_points:
+            return None
+        mx, my = math.fsum(xs) / n, math.fsum(ys) / n
+        sxx = math.fsum((x - mx) ** 2 for x in xs)
+        if sxx <= 0:
+            return None
+        scale = math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+        offset = my - scale * mx
+        scale, offset = _round(scale), _round(offset)
+        residuals = sorted(abs(y - (scale * x + offset)) for x, y in zip(xs, ys, strict=True))
+        quantile = residuals[min(n - 1, math.ceil(o.tolerance_quantile * n) - 1)]
+        tolerance = max(o.tolerance_margin * quantile, residuals[-1])
+        tolerance += a.resolution + abs(scale) * b.resolution
+        if tolerance <= 0:
+            return None
+        return PlausibilityEntry(
+            a.qualified,
+            b.qualified,
+            scale,
+            offset,
+            _round_up(tolerance),
+            0.0,
+            _round_up(max_age * 1000),
+            o.plausibility_persistence,
+            o.plausibility_persistence_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A signal that may take part in a plausibility pair."""
+
+    can_id: int
+    qualified: str
+    stats: _SignalStats
+    resolution: float
+
+
+_Grid = tuple[list[float] | None, list[float] | None]
+
+
+def _grid_series(
+    candidates: Sequence[_Candidate], step: float, lag: int, min_points: int
+) -> list[_Grid] | None:
+    """Each candidate's latest value on a common time grid, standardised (mean 0, norm 1), and
+    the same of its changes over *lag* grid steps (shorter changes are mostly noise and the lag
+    between messages): ``(None, None)`` for a signal that does not both rise and fall there.
+    None when the signals share too short a span."""
+    lo = max(c.stats.times[0] for c in candidates)
+    hi = min(c.stats.times[-1] for c in candidates)
+    if not hi > lo:
+        return None
+    count = int((hi - lo) / step) + 1
+    if count < max(min_points, 2 * lag):
+        return None
+    grid = [lo + k * step for k in range(count)]
+    out: list[_Grid] = []
+    for c in candidates:
+        times, values = c.stats.times, c.stats.values
+        sampled: list[float] = []
+        k = 0
+        for g in grid:
+            while k + 1 < len(times) and times[k + 1] <= g:
+                k += 1
+            sampled.append(values[k])
+        changes = [y - x for x, y in zip(sampled, sampled[lag:], strict=False)]
+        rise = math.fsum(d for d in changes if d > 0)
+        fall = -math.fsum(d for d in changes if d < 0)
+        if min(rise, fall) < 0.1 * (rise + fall) or not rise + fall > 0:
+            out.append((None, None))  # monotonic (an odometer) or constant here
+            continue
+        out.append((_standardised(sampled), _standardised(changes)))
+    return out
+
+
+def _standardised(xs: Sequence[float]) -> list[float] | None:
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    centred = [x - mean for x in xs]
+    norm = math.sqrt(math.fsum(x * x for x in centred))
+    if not norm > 0:
+        return None
+    return [x / norm for x in centred]
+
+
+def _dot(xs: list[float] | None, ys: list[float] | None) -> float:
+    """The correlation of two standardised series (0 when either is constant)."""
+    if xs is None or ys is None:
+        return 0.0
+    return math.fsum(map(operator.mul, xs, ys))
 
 
 def learn_rules(

@@ -76,6 +76,20 @@ kind               keys (entry keys in ``messages`` / ``signals``; * = required)
 ``signal_rate``    signals: ``signal``\\*, ``max_rate``\\* (units per second), ``max_step``
                    (default 0) — a change between consecutive frames larger than
                    ``max_step + max_rate × Δt`` is flagged.
+``plausibility``   signals: ``signal``\\*, ``partner``\\* (a signal of another message, on
+                   ``partner_bus``, default the rule's bus), ``scale`` (default 1), ``offset``
+                   (default 0), ``tolerance`` (absolute) and/or ``relative`` (a share of the
+                   expected value; at least one > 0), ``max_age_ms``\\*, ``persistence``
+                   (checks, default 3), ``persistence_ms`` (default 0) — at every frame carrying
+                   ``signal``, its value must be within ``tolerance + relative × |expected|`` of
+                   ``expected = scale × partner + offset``, the partner's latest value, if that
+                   is at most ``max_age_ms`` old (else the frame is not judged). Flagged once
+                   they have disagreed for ``persistence`` checks in a row spanning at least
+                   ``persistence_ms``, so single noisy samples raise nothing; the frame flagged is
+                   the one carrying ``signal``. A masquerade with a plausible value (a forged
+                   vehicle speed of 30 km/h while the wheel speeds say 62) is found this way. A
+                   partner frame that another rule condemns (out of range, bad checksum) is no
+                   partner value.
 ``counter``        messages: ``can_id``\\*, ``signal`` (default: the counter the DBC declares),
                    ``max_step`` (default 1) — a counter that jumps further ahead is flagged.
 ``replay``         messages: ``can_id``\\*, ``signal`` (as for counter), ``history`` (default:
@@ -153,6 +167,8 @@ from security.rules import (
     FloodSpec,
     PayloadEntry,
     PayloadSpec,
+    PlausibilityEntry,
+    PlausibilitySpec,
     ReplayEntry,
     ReplaySpec,
     Rule,
@@ -215,6 +231,7 @@ _RULE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "payload": ("forbid",),
     "signal_range": (),
     "signal_rate": (),
+    "plausibility": (),
     "counter": (),
     "replay": (),
     "checksum": (),
@@ -228,6 +245,7 @@ _LIST_KEY: Final[Mapping[str, str]] = {
     "payload": "messages",
     "signal_range": "signals",
     "signal_rate": "signals",
+    "plausibility": "signals",
     "counter": "messages",
     "replay": "messages",
     "checksum": "messages",
@@ -240,6 +258,18 @@ _ENTRY_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "payload": ("can_id", "mask", "value"),
     "signal_range": ("signal", "min", "max"),
     "signal_rate": ("signal", "max_rate", "max_step"),
+    "plausibility": (
+        "signal",
+        "partner",
+        "partner_bus",
+        "scale",
+        "offset",
+        "tolerance",
+        "relative",
+        "max_age_ms",
+        "persistence",
+        "persistence_ms",
+    ),
     "counter": ("can_id", "signal", "max_step"),
     "replay": ("can_id", "signal", "history"),
     "checksum": ("can_id", "algorithm"),
@@ -487,8 +517,15 @@ class _Builder:
             what = getattr(entry, "can_id", None)
             if what is None:
                 what = getattr(entry, "signal", None)
+            if isinstance(entry, PlausibilityEntry):  # a signal may have several partners
+                what = (entry.signal, entry.partner_bus, entry.partner)
             if what in seen:
-                shown = f"0x{what:X}" if isinstance(what, int) else repr(what)
+                if isinstance(what, int):
+                    shown = f"0x{what:X}"
+                elif isinstance(what, tuple):
+                    shown = f"the pair {what[0]!r} ~ {what[2]!r}"
+                else:
+                    shown = repr(what)
                 self.fail((*path, entry_keys[0]), f"{shown} is already in {list_key}[{seen[what]}]")
             seen[what] = j
             out.append(entry)
@@ -540,6 +577,14 @@ class _Builder:
             return SignalRangeSpec(bus, tuple(entries))
         if kind == "signal_rate":
             return SignalRateSpec(bus, tuple(entries))
+        if kind == "plausibility":
+            for entry in entries:
+                if entry.signal == entry.partner and entry.partner_bus in (None, bus):
+                    self.fail(
+                        self._entry_path(tbl, entries, entry, "partner", "signals"),
+                        f"{entry.partner!r} is the checked signal itself",
+                    )
+            return PlausibilitySpec(bus, tuple(entries))
         if kind == "counter":
             return CounterSpec(bus, tuple(entries))
         if kind == "replay":
@@ -552,10 +597,14 @@ class _Builder:
 
     @staticmethod
     def _entry_path(
-        tbl: Mapping[str, Any], entries: list[Any], entry: object, key: str
+        tbl: Mapping[str, Any],
+        entries: list[Any],
+        entry: object,
+        key: str,
+        list_key: str = "messages",
     ) -> tuple[str | int, ...]:
-        if "messages" in tbl:
-            return ("messages", entries.index(entry), key)
+        if list_key in tbl:
+            return (list_key, entries.index(entry), key)
         return (key,)
 
     def context(self, bus: str, tbl: Mapping[str, Any]) -> ContextSpec:
@@ -661,6 +710,62 @@ class _Builder:
         rate = self.number(tbl, (*path, "max_rate"), 0.0, 0.0, math.inf)
         step = self.number(tbl, (*path, "max_step"), 0.0, 0.0, math.inf)
         return SignalRateEntry(signal, rate, step)
+
+    def plausibility_entry(
+        self, tbl: Mapping[str, Any], path: tuple[str | int, ...]
+    ) -> PlausibilityEntry:
+        signal = self.signal(tbl, path)
+        if "partner" not in tbl:
+            self.fail(
+                (*path, "partner"),
+                "is required: the signal of another message that signal must agree with",
+            )
+        partner = self.signal_name(tbl["partner"], (*path, "partner"))
+        partner_bus = None
+        if "partner_bus" in tbl:
+            partner_bus = tbl["partner_bus"]
+            if (
+                not isinstance(partner_bus, str)
+                or not partner_bus
+                or not partner_bus.isprintable()
+                or len(partner_bus) > 64
+            ):
+                self.fail(
+                    (*path, "partner_bus"),
+                    f"{partner_bus!r} is not a bus name (1–64 printable characters)",
+                )
+        scale = self.number(tbl, (*path, "scale"), 1.0, -math.inf, math.inf)
+        if scale == 0:
+            self.fail((*path, "scale"), "must not be 0 (the partner would not matter)")
+        offset = self.number(tbl, (*path, "offset"), 0.0, -math.inf, math.inf)
+        tolerance = self.number(tbl, (*path, "tolerance"), 0.0, 0.0, math.inf)
+        relative = self.number(tbl, (*path, "relative"), 0.0, 0.0, 10.0)
+        if tolerance == 0 and relative == 0:
+            self.fail(
+                (*path, "tolerance"),
+                "give tolerance (absolute) or relative (a share of the expected value), or "
+                "both, > 0: two real signals never agree exactly",
+            )
+        if "max_age_ms" not in tbl:
+            self.fail(
+                (*path, "max_age_ms"),
+                "is required: how old the partner's latest value may be, in ms",
+            )
+        max_age = self.number(tbl, (*path, "max_age_ms"), 0.0, 0.0, MAX_WINDOW_MS, open_lo=True)
+        persistence = self.integer(tbl, (*path, "persistence"), 3, 1, 100_000)
+        persistence_ms = self.number(tbl, (*path, "persistence_ms"), 0.0, 0.0, MAX_WINDOW_MS)
+        return PlausibilityEntry(
+            signal,
+            partner,
+            scale,
+            offset,
+            tolerance,
+            relative,
+            max_age,
+            persistence,
+            persistence_ms,
+            partner_bus,
+        )
 
     def counter_entry(self, tbl: Mapping[str, Any], path: tuple[str | int, ...]) -> CounterEntry:
         can_id = self.required_can_id(tbl, path)
@@ -860,6 +965,7 @@ _ENTRY_BUILDERS: Final[
     "payload": _Builder.payload_entry,
     "signal_range": _Builder.signal_range_entry,
     "signal_rate": _Builder.signal_rate_entry,
+    "plausibility": _Builder.plausibility_entry,
     "counter": _Builder.counter_entry,
     "replay": _Builder.replay_entry,
     "checksum": _Builder.checksum_entry,
@@ -965,6 +1071,19 @@ def _entry_fields(entry: object) -> str:
             f"signal = {_string(entry.signal)}",
             f"max_rate = {_float(entry.max_rate)}",
             f"max_step = {_float(entry.max_step)}",
+        ]
+    elif isinstance(entry, PlausibilityEntry):
+        parts = [f"signal = {_string(entry.signal)}", f"partner = {_string(entry.partner)}"]
+        if entry.partner_bus is not None:
+            parts.append(f"partner_bus = {_string(entry.partner_bus)}")
+        parts += [
+            f"scale = {_float(entry.scale)}",
+            f"offset = {_float(entry.offset)}",
+            f"tolerance = {_float(entry.tolerance)}",
+            f"relative = {_float(entry.relative)}",
+            f"max_age_ms = {_float(entry.max_age_ms)}",
+            f"persistence = {entry.persistence}",
+            f"persistence_ms = {_float(entry.persistence_ms)}",
         ]
     elif isinstance(entry, CounterEntry):
         parts = [f"can_id = {_hex_id(entry.can_id)}"]

@@ -38,6 +38,8 @@ __all__ = [
     "FloodSpec",
     "PayloadEntry",
     "PayloadSpec",
+    "PlausibilityEntry",
+    "PlausibilitySpec",
     "ReplayEntry",
     "ReplaySpec",
     "Rule",
@@ -155,6 +157,29 @@ class SignalRateEntry:
     signal: str
     max_rate: float
     max_step: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlausibilityEntry:
+    """Two signals physics ties together: ``signal ≈ scale × partner + offset``.
+
+    Checked at every frame carrying ``signal``, against the latest value of ``partner`` (on
+    ``partner_bus``, None: the rule's bus) if it is at most ``max_age_ms`` old. The two agree
+    when ``|signal − (scale × partner + offset)| ≤ tolerance + relative × |scale × partner +
+    offset|``; the frame is flagged once they have disagreed for ``persistence`` checks in a row
+    spanning at least ``persistence_ms``.
+    """
+
+    signal: str
+    partner: str
+    scale: float
+    offset: float
+    tolerance: float
+    relative: float
+    max_age_ms: float
+    persistence: int
+    persistence_ms: float
+    partner_bus: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +316,16 @@ class SignalRateSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PlausibilitySpec:
+    """Cross-signal plausibility: pairs of signals from different messages that must agree
+    (a forged value on one id disagrees with the physics other ids report)."""
+
+    KIND: ClassVar[str] = "plausibility"
+    bus: str
+    entries: tuple[PlausibilityEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CounterSpec:
     """Rolling counter continuity (lost or injected frames)."""
 
@@ -361,6 +396,7 @@ RuleSpec = (
     | PayloadSpec
     | SignalRangeSpec
     | SignalRateSpec
+    | PlausibilitySpec
     | CounterSpec
     | ReplaySpec
     | ChecksumSpec
@@ -388,6 +424,7 @@ SPEC_CLASSES: Final[Mapping[str, type[RuleSpec]]] = MappingProxyType(
             ContextSpec,
             SuspensionSpec,
             SecOcSpec,
+            PlausibilitySpec,
         )
     }
 )
@@ -414,6 +451,7 @@ DEFAULT_SENSOR_IDS: Final[Mapping[str, int]] = MappingProxyType(
         "signal_range": 3,
         "signal_rate": 3,
         "context": 3,
+        "plausibility": 3,
         "counter": 4,
         "checksum": 4,
         "replay": 4,

@@ -23,9 +23,9 @@ from security.detection_metrics import (
 )
 from security.engine import IdsEngine
 from security.events import SecurityEvent
-from security.learn import learn_rules
+from security.learn import LearnOptions, learn_rules
 from security.rulefile import format_rules, parse_rules
-from security.rules import RuleSet, Severity
+from security.rules import PlausibilitySpec, RuleSet, Severity
 from sim.attacks import Attack, AttackStream, Flooding, Fuzzing, Masquerade, Spoofing, Suspension
 from tests.security.conftest import run
 
@@ -142,6 +142,35 @@ def test_a_masquerade_is_detected_within_one_second() -> None:
     assert found[0] <= 1.0
     scores = frame_scores(labels, verdicts, frame_rules(_sample()[1]))
     assert scores.recall is not None and scores.recall >= TARGET, scores
+
+
+def test_learning_proposes_a_plausibility_pair_for_the_vehicle_speed() -> None:
+    rule = _sample()[1].get("can0.plausibility")
+    assert rule is not None and isinstance(rule.spec, PlausibilitySpec)
+    assert len(rule.spec.entries) <= LearnOptions().plausibility_pairs
+    pairs = {(e.signal, e.partner) for e in rule.spec.entries}
+    assert ("ESC_VehicleSpeed.ESC_VehSpd", "MCU_Speed.MCU_MotorSpeed") in pairs
+
+
+def test_a_masquerade_with_a_plausible_value_is_detected_within_one_second() -> None:
+    # 30 km/h is inside the learned range: only the plausibility rule sees that the motor
+    # speed says otherwise.
+    labels, verdicts, events, start = _attacked(
+        Masquerade(
+            start=START,
+            duration=DURATION,
+            target_id=SPEED_ID,
+            message=_speed_message(),
+            value=30.0,
+        )
+    )
+    found = detection_latency(start, events, (SPEED_ID,))
+    assert found is not None, events
+    latency, event = found
+    assert latency <= 1.0 and event.rule_id == "can0.plausibility", (latency, event)
+    assert "ESC_VehSpd = 30 while MCU_Speed.MCU_MotorSpeed = " in event.observed
+    scores = frame_scores(labels, verdicts, frame_rules(_sample()[1]))
+    assert scores.precision is not None and scores.precision >= TARGET, scores
 
 
 # -- the metrics ----------------------------------------------------------------------------------

@@ -125,6 +125,17 @@ max_rate = 50
 max_step = 0.5
 
 [[rule]]
+id = "speed-agrees"
+kind = "plausibility"
+severity = "high"
+description = "the speed agrees with the wheel speed"
+bus = "can0"
+signals = [
+  { signal = "Drive.Speed", partner = "Wheels.WheelFL", tolerance = 1.5, max_age_ms = 50 },
+  { signal = "Speed", partner = "Gnss.Spd", partner_bus = "can1", relative = 0.1, max_age_ms = 1 },
+]
+
+[[rule]]
 id = "counter"
 kind = "counter"
 severity = "medium"
@@ -611,6 +622,25 @@ _VALID_RULES = st.one_of(
         },
         st.floats(0, 1e300),
         st.floats(0, 1e300),
+    ),
+    st.builds(
+        lambda scale, offset, tolerance, relative, age, persistence, span, bus: {
+            "kind": "plausibility",
+            "signals": [
+                {"signal": "A.B", "partner": "C.D", "scale": scale, "offset": offset}
+                | {"tolerance": tolerance, "relative": relative, "max_age_ms": age}
+                | {"persistence": persistence, "persistence_ms": span}
+                | ({} if bus is None else {"partner_bus": bus})
+            ],
+        },
+        _FINITE.filter(bool),
+        _FINITE,
+        st.floats(1e-9, 1e300),
+        st.floats(0, 10),
+        _POSITIVE,
+        st.integers(1, 100_000),
+        st.floats(0, 3.6e6),
+        st.none() | st.sampled_from(["can1", "bus two"]),
     ),
     st.builds(
         lambda window, frames, max_id, share: (
