@@ -480,7 +480,7 @@ class _Repairer:
 
     def drop_span(self, start: int, end: int) -> None:
         # Keep the newlines so every later line stays where it was in the original file.
-        self.edits.append((start, end, "\n" * self.text.count("\n", start, end)))
+        self.edits.append((start, end, _newlines(self.text, start, end)))
 
     def commit(self, cur: _Cursor) -> None:
         self.edits.extend(cur.edits)
@@ -690,7 +690,7 @@ class _Repairer:
                 break
             if not u.text.isascii():
                 # cantools skips the list's words but cannot tokenize non-ASCII ones.
-                self.edits.append((u.start, u.end, ""))
+                self.drop_span(u.start, u.end)
                 self.warn(u.start, f"dropped {u.text!r} from the NS_ list (not ASCII)")
             j += 1
         self.stmts.append(_Stmt("NS_", toks[i:j], needs_semi=False))
@@ -869,7 +869,9 @@ class _Repairer:
                 # cantools would fail on it; without a multiplexer value the signal can only be
                 # read as a plain one. (Where cantools ignores such an indicator, it stays, and
                 # the loader reports it after parsing.)
-                cur.edits.append((name_tok.end, mux.end, ""))
+                cur.edits.append(
+                    (name_tok.end, mux.end, _newlines(self.text, name_tok.end, mux.end))
+                )
                 cur.note(
                     mux,
                     f"signal {name_tok.text!r} has the multiplexer indicator {mux.text!r}, which "
@@ -1047,7 +1049,8 @@ class _Repairer:
             cur.note(st.toks[0], "missing ':' after BS_; inserted it")
         if not cur.at_end():
             first, last = cur.toks[cur.i], cur.toks[-1]
-            cur.edits.append((first.start, last.end, ""))
+            # An unclosed quote may make the timing span lines: they stay (line numbers).
+            cur.edits.append((first.start, last.end, _newlines(self.text, first.start, last.end)))
             cur.note(first, "dropped the bit timing after BS_: (cantools does not read it)")
         return True
 
@@ -1520,6 +1523,11 @@ def _repair(
         return _Repairer(text, path, drop_attributes=drop_attributes).run()
     except _Fatal as f:
         raise f.error from None
+
+
+def _newlines(text: str, start: int, end: int) -> str:
+    """What dropping ``text[start:end]`` leaves: its newlines, so later lines keep their numbers."""
+    return "\n" * text.count("\n", start, end)
 
 
 def repair_dbc_text(text: str, path: str) -> tuple[str, list[DbcDiagnostic]]:

@@ -592,3 +592,12 @@ def test_garbled_dbc_loads_or_raises_load_error(data: st.DataObject) -> None:
     assert repaired.count("\n") - original.count("\n") in (
         (0,) if original.endswith("\n") else (0, 1)
     )
+
+
+def test_an_unclosed_quote_in_the_bit_timing_keeps_the_line_numbers() -> None:
+    # Found by the garbling test: the quote makes BS_'s timing run to the next quote, lines below.
+    text = SAMPLE[:48] + '"' + SAMPLE[48:]
+    check_garbled(text)
+    repaired, warnings = repair_dbc_text(text, "fuzz.dbc")
+    assert repaired.count("\n") == text.count("\n")
+    assert any("bit timing" in w.message and w.line == 9 for w in warnings)
