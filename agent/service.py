@@ -64,6 +64,10 @@ __all__ = ["AgentService", "running"]
 log = logging.getLogger(__name__)
 
 _TICK_S: Final = 0.05
+#: How far the IDS's idea of "now" stays behind the extrapolated bus clock when nothing arrives:
+#: intake hands frames over in batches, and under load a batch may come this late. Suspension
+#: is then reported this much later (the target is within 1 s).
+_IDS_TICK_LAG_S: Final = 0.25
 _MICROS: Final = 1_000_000
 #: Largest ``cmd/schemes`` body accepted (the command's own size limit applies first).
 _MAX_SCHEMES_BYTES: Final = 256 * 1024
@@ -538,8 +542,10 @@ class AgentService:
             if records:
                 await self._commit(records)
             if self._ids is not None:
-                # A bus that goes quiet still closes windows (suspension, aggregation).
-                self._ids.tick(now)
+                # A bus that goes quiet still closes windows (suspension, aggregation). The
+                # clock is extrapolated from the last frame handled; frames still on their way
+                # through intake (a loaded machine) must not look like a silence.
+                self._ids.tick(now - _IDS_TICK_LAG_S)
                 events = self._ids.pop_events()
                 if events:
                     await self._commit_events(events)

@@ -222,3 +222,19 @@ async def test_a_failed_t_box_health_check_rolls_the_ecus_back(vehicle: Vehicle)
     assert (final.step, final.error_code) == (Step.ROLLED_BACK, "health_check_failed")
     assert await vehicle.versions() == {"bms": 1, "vcu": 1, "adas": 1}
     assert vehicle.installer.status().committed_release == 1
+
+
+async def test_an_ecu_image_below_what_the_ecu_runs_is_a_downgrade_and_changes_nothing(
+    vehicle: Vehicle,
+) -> None:
+    up = [vehicle.ecu_target(a, 2) for a in (BMS, VCU)]
+    async with vehicle.runner(up) as runner:
+        await runner.submit(body(), command_id="cmd-1")
+        assert (done := await runner.wait_idle()) is not None and done.step is Step.COMMITTED
+    # vcu back to version 1 (signed, and the director says so): the ECU refuses it
+    down = [vehicle.ecu_target(ADAS, 2), vehicle.ecu_target(VCU, 1)]
+    async with vehicle.runner(down) as runner:
+        await runner.submit(body("c2"), command_id="cmd-2")
+        final = await runner.wait_idle()
+    assert final is not None and (final.step, final.error_code) == (Step.FAILED, "downgrade")
+    assert await vehicle.versions() == {"bms": 2, "vcu": 2, "adas": 1}
