@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from agent.cli import main
+from agent.cli import build_parser, main
 
-SUBCOMMANDS = [
-    ["decode"],
-    ["monitor"],
-    ["sim"],
-    ["sim", "serve"],
-    ["sim", "run"],
-    ["sim", "replay"],
-    ["sim", "record"],
-    ["debug"],
-    ["debug", "crashpoints"],
-    ["run"],
-    ["demo"],
-    ["status"],
-    ["check-config"],
-]
+
+def _subcommands(parser: argparse.ArgumentParser, words: list[str]) -> list[list[str]]:
+    """Every subcommand path of *parser*, read from argparse (a new command is covered)."""
+    found = []
+    for action in parser._actions:  # argparse has no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append([*words, name])
+                found += _subcommands(sub, [*words, name])
+    return found
+
+
+SUBCOMMANDS = _subcommands(build_parser(), [])
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
