@@ -83,7 +83,7 @@ def test_flash_across_processes(tmp_path: Path, files: dict[str, Path]) -> None:
                     "--state-dir",
                     str(tmp_path / "b"),
                     "--erase-time",
-                    "4",
+                    "2",
                 ]
             )
         )
