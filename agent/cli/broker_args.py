@@ -1,7 +1,8 @@
 """``--broker mqtt://HOST:PORT``, shared by the commands that talk to a broker as a backend does.
 
-``tbox command send`` and ``tbox events watch`` both take the broker as a URL; this parses it the
-same way for both (the port defaults to 1883), with one error message a user can act on.
+``tbox command send``, ``tbox events watch`` and ``tbox demo`` take the broker as a URL; this
+parses it the same way for all (the port defaults to 1883), with one error message a user can act
+on.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ DEFAULT_MQTT_PORT = 1883
 
 def parse_broker_url(url: str) -> tuple[str, int]:
     """``(host, port)`` of ``mqtt://HOST[:PORT]``; :class:`UsageError` naming ``--broker``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise UsageError(f"--broker {url!r}: expected mqtt://HOST:PORT") from None
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/"):
         raise UsageError(f"--broker {url!r}: expected mqtt://HOST:PORT")
     try:
         return parts.hostname, parts.port or DEFAULT_MQTT_PORT

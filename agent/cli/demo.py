@@ -20,13 +20,13 @@ import logging
 import os
 import tempfile
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from agent.cli.broker_args import parse_broker_url
 from agent.errors import UsageError
 
 if TYPE_CHECKING:
@@ -142,24 +142,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _broker_address(url: str) -> tuple[str, int]:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme != "mqtt" or not parsed.hostname or parsed.path not in ("", "/"):
-        raise UsageError(f"--broker {url!r}: expected mqtt://HOST:PORT")
-    try:
-        port = parsed.port or 1883
-    except ValueError:
-        raise UsageError(f"--broker {url!r}: the port is not a number from 1 to 65535") from None
-    return parsed.hostname, port
-
-
 def run(args: argparse.Namespace) -> int:
     """Handle ``tbox demo``."""
     from rich.console import Console
 
     if args.duration is not None and args.duration <= 0:
         raise UsageError("--duration must be positive")
-    broker = _broker_address(args.broker) if args.broker else None
+    broker = parse_broker_url(args.broker) if args.broker else None
     if args.broker_outage is not None:
         if args.broker_outage <= 0:
             raise UsageError("--broker-outage must be positive")

@@ -232,3 +232,12 @@ def test_help_and_unknown_options(words: list[str], capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as excinfo:
         main([*words, "--no-such-option"])
     assert excinfo.value.code == 2
+
+
+@pytest.mark.parametrize("url", ["mqtt://[::1", "mqtt://host/path", "http://host:1883", "mqtt://"])
+def test_a_malformed_broker_url_is_a_usage_error(url: str) -> None:
+    from agent.cli.broker_args import parse_broker_url
+    from agent.errors import UsageError
+
+    with pytest.raises(UsageError, match="--broker"):
+        parse_broker_url(url)
