@@ -773,7 +773,7 @@ class CampaignRunner:
                 what = f"rolling back ECU {lane.ecu_id}"
                 async with self._watchdog(c, what, self._budgets.activating_s, deadline=False):
                     await self._ecus.roll_back(lane.ecu_id, Path(lane.download))
-            except (EcuLaneError, _ExpiredError, TboxError) as e:
+            except (_ExpiredError, TboxError) as e:  # EcuLaneError among them
                 text = e.text if isinstance(e, _ExpiredError) else str(e)
                 log.error("ota: %s: ECU %s: %s", c.describe(), lane.ecu_id, text)
                 return await self._apply(c, EcuRolledBack(lane.ecu_id, False, text))

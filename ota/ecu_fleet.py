@@ -30,10 +30,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 from agent.busurl import BusSpec
 from agent.errors import BusError, TboxError
+from ota.campaign import ErrorCode
 from ota.ecu_flash import (
     DEFAULT_SECRET,
     CheckStatus,
@@ -53,9 +53,6 @@ from ota.errors import EcuLaneError
 __all__ = ["EcuEndpoint", "EcuFleet"]
 
 log = logging.getLogger(__name__)
-
-_REFUSED: Final = "ecu_refused"
-_UNREACHABLE: Final = "ecu_unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +139,7 @@ class EcuFleet:
         try:
             info = await self._flasher(ecu_id).roll_back(image)
         except (EcuFlashError, BusError) as e:
-            raise EcuLaneError(ecu_id, "rollback_failed", f"ECU {ecu_id}: {e}") from e
+            raise EcuLaneError(ecu_id, ErrorCode.ROLLBACK_FAILED, f"ECU {ecu_id}: {e}") from e
         log.info("ota: ECU %s rolled back; it runs version %d", ecu_id, info.active.version)
 
     def _flasher(self, ecu_id: str) -> EcuFlasher:
@@ -150,7 +147,7 @@ class EcuFleet:
             return self._flashers[ecu_id]
         except KeyError:
             raise EcuLaneError(
-                ecu_id, "unsupported_image_kind", f"no ECU {ecu_id!r} in [ota.ecus]"
+                ecu_id, ErrorCode.UNSUPPORTED_IMAGE_KIND, f"no ECU {ecu_id!r} in [ota.ecus]"
             ) from None
 
     async def _image(self, ecu_id: str, path: Path) -> EcuImage:
@@ -158,20 +155,21 @@ class EcuFleet:
             return await asyncio.to_thread(EcuImage.load, path)
         except TboxError as e:
             raise EcuLaneError(
-                ecu_id, "verification_failed", f"{path} is not an ECU image: {e}"
+                ecu_id, ErrorCode.VERIFICATION_FAILED, f"{path} is not an ECU image: {e}"
             ) from e
 
 
 def _lane_error(ecu_id: str, error: Exception, doing: str) -> EcuLaneError:
     """The campaign's view of a flasher error."""
     if isinstance(error, EcuCheckFailedError):
-        code = "downgrade" if error.status is CheckStatus.DOWNGRADE else _REFUSED
+        downgrade = error.status is CheckStatus.DOWNGRADE
+        code = ErrorCode.DOWNGRADE if downgrade else ErrorCode.ECU_REFUSED
     elif isinstance(error, EcuActivationError):
-        code = "ecu_activation_failed"
+        code = ErrorCode.ECU_ACTIVATION_FAILED
     elif isinstance(error, EcuNoResponseError | EcuProtocolError | BusError):
-        code = _UNREACHABLE
+        code = ErrorCode.ECU_UNREACHABLE
     else:
-        code = _REFUSED
+        code = ErrorCode.ECU_REFUSED
     text = str(error)
     if not text.startswith(f"ECU {ecu_id}"):
         text = f"ECU {ecu_id}: {text}"
